@@ -1,0 +1,65 @@
+"""Defaults shared by every config; each field is commented here once.
+
+A dataset config imports `get_config` from here and overrides what differs.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # one seed for initialisation, data order, noise, eval and samples
+  config.model_type = 'md4'  # key of md4.models.MODELS
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'shakespeare'  # key of md4.data.DATASETS
+  config.data.data_dir = '~/md4_data'  # where text8.zip / train.npy live
+  config.data.data_shape = (256,)  # one example: (sequence length,)
+  # Number of token ids; None takes it from the dataset. Required by 'array'.
+  config.data.vocab_size = config_dict.placeholder(int)
+
+  config.model = ml_collections.ConfigDict()  # keyword arguments of the model class
+  config.model.noise_schedule = 'linear'  # 'linear', 'cosine' or 'polyK' (e.g. poly3)
+  config.model.cont_time = True  # continuous-time ELBO; False: the T-step ELBO
+  config.model.timesteps = 1000  # T of the discrete-time ELBO (cont_time=False)
+  config.model.antithetic_time_sampling = True  # stratified t over the batch
+
+  config.network = ml_collections.ConfigDict()  # backbone; `type` picks it
+  config.network.type = 'transformer'  # key of md4.networks.NETWORKS
+  config.network.n_layers = 12
+  config.network.num_heads = 12
+  config.network.feature_dim = 64  # per head; width = num_heads * feature_dim
+  config.network.mlp_type = 'glu'  # 'glu', 'geglu' or 'swiglu'
+  config.network.cond_type = 'adaln_zero'  # time conditioning: 'adaln' or 'adaln_zero'
+  config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
+  config.network.dropout_rate = 0.0
+  config.network.depth_scaled_init = True  # residual outputs init std 0.02/sqrt(2 n_layers)
+
+  config.opt = ml_collections.ConfigDict()  # AdamW with b1 = 0.9
+  config.opt.learning_rate = 3e-4  # peak
+  config.opt.lr_schedule = 'cosine'  # after warm-up: 'cosine' (to 0) or 'constant'
+  config.opt.warmup_steps = 2000  # linear warm-up from 0
+  config.opt.b2 = 0.999
+  config.opt.weight_decay = 0.0  # decoupled, on matrices only
+  config.opt.grad_clip = 0.0  # global-norm clipping; 0 turns it off
+  config.opt.ema_rate = 0.9999  # EMA of the parameters, used for eval and sampling
+
+  config.sampling = ml_collections.ConfigDict()
+  config.sampling.sampler = 'ancestral'  # 'ancestral', 'topp' or 'mean'
+  config.sampling.sampling_grid = 'cosine'  # 'uniform' or 'cosine' spacing of t
+  config.sampling.timesteps = 256  # reverse steps per sample
+  config.sampling.topp = 0.98  # nucleus mass for sampler='topp'
+  config.sampling.num_samples = 16  # samples written at each sampling step
+
+  config.batch_size = 512  # global batch, over all devices and hosts
+  config.num_microbatches = 1  # gradient accumulation: batch_size / this per pass
+  config.num_train_steps = 1_000_000
+  config.eval_batch_size = 512  # global; every full batch of each eval split is used
+  config.log_every_steps = 500  # train metrics are averaged over this many steps
+  config.eval_every_steps = 10_000
+  config.sample_every_steps = 50_000
+  config.checkpoint_every_steps = 5_000
+  config.keep_checkpoints = 3  # newest checkpoints kept
+  config.check_nans = False  # stop with an error at the first non-finite metric
+  return config

@@ -1,0 +1,127 @@
+"""The data pipeline: one entry point that dispatches on the dataset name.
+
+`load_dataset(config.data)` returns a `DatasetInfo` and every split as one int32
+array `[N, *data_shape]`. Batches are plain row selections of those arrays:
+`train_batch` is a pure function of (seed, step), so resuming from a checkpoint
+needs only the step, and `eval_batches` walks a split in order.
+"""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+import functools
+import queue
+import threading
+
+import numpy as np
+
+from md4.data import text
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  vocab_size: int                      # number of real token ids; the mask id is vocab_size
+  data_shape: tuple[int, ...]          # shape of one example, e.g. (256,)
+  decode: Callable[[np.ndarray], str]  # one example's ids [*data_shape] -> readable text
+  eval_splits: tuple[str, ...]         # e.g. ('valid', 'test')
+
+
+# Dataset name -> builder of (vocab_size, decode, {split: [N, L] int32}) from config.data.
+DATASETS = {
+    'shakespeare': lambda c: text.shakespeare(c.data_shape[0]),
+    'text8': lambda c: text.text8(c.data_dir, c.data_shape[0]),
+    'array': lambda c: text.array(c.data_dir, c.data_shape[0], c.vocab_size),
+}
+
+
+def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
+  """Info and {'train': [N, *data_shape], <each eval split>: ...}, all int32."""
+  name = data_config.dataset
+  if name not in DATASETS:
+    raise ValueError(f'unknown dataset {name!r}; choose from {sorted(DATASETS)}')
+  data_shape = tuple(data_config.data_shape)
+  if len(data_shape) != 1:
+    raise ValueError(f'dataset {name!r} holds token sequences; data_shape should be'
+                     f' (sequence_length,), got {data_shape}')
+  vocab_size, decode, splits = DATASETS[name](data_config)
+  if data_config.vocab_size not in (None, vocab_size):
+    raise ValueError(f'dataset {name!r} has {vocab_size} token ids but config.data.'
+                     f'vocab_size = {data_config.vocab_size}; leave it unset (None)')
+  eval_splits = tuple(s for s in splits if s != 'train')
+  return DatasetInfo(vocab_size, data_shape, decode, eval_splits), splits
+
+
+def _check_sharding(global_batch_size: int, process_index: int, process_count: int):
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'batch size {global_batch_size} should be positive and divisible'
+                     f' by the process count {process_count}')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The order of the n training rows in `epoch`: [n]."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_batch(arr, step, global_batch_size, seed, process_index=0,
+                process_count=1) -> np.ndarray:
+  """This process's rows of the global training batch for `step`: [B // P, *data_shape].
+
+  Training visits rows in the order of the concatenated per-epoch permutations
+  `default_rng([seed, epoch]).permutation(N)`; global batch `step` is positions
+  [step * B, (step + 1) * B) of that order, and process p takes its p-th B / P slice.
+  """
+  _check_sharding(global_batch_size, process_index, process_count)
+  n = len(arr)
+  if n == 0:
+    raise ValueError('the training split is empty')
+  per_process = global_batch_size // process_count
+  start = step * global_batch_size + process_index * per_process
+  pos = np.arange(start, start + per_process)  # [B / P] positions in the visiting order
+  epochs, offsets = np.divmod(pos, n)
+  rows = np.empty_like(pos)
+  for e in np.unique(epochs):
+    rows[epochs == e] = _permutation(seed, int(e), n)[offsets[epochs == e]]
+  return np.asarray(arr[rows], np.int32)
+
+
+def eval_batches(arr, global_batch_size, process_index=0,
+                 process_count=1) -> Iterator[np.ndarray]:
+  """This process's rows of every full global batch of a split, in order: [B // P, ...]."""
+  _check_sharding(global_batch_size, process_index, process_count)
+  num_batches = len(arr) // global_batch_size  # a final partial batch is dropped
+  if num_batches == 0:
+    raise ValueError(f'the split has {len(arr)} examples, smaller than the eval batch'
+                     f' size {global_batch_size}; use a smaller eval batch size')
+  per_process = global_batch_size // process_count
+  starts = range(process_index * per_process, num_batches * global_batch_size,
+                 global_batch_size)
+  return (np.asarray(arr[s : s + per_process], np.int32) for s in starts)
+
+
+def prefetch(iterator, size=2) -> Iterator:
+  """Runs `iterator` in a daemon thread, keeping up to `size` items ready."""
+  items = queue.Queue(maxsize=size)
+  end = object()
+
+  def produce():
+    try:
+      for item in iterator:
+        items.put((item, None))
+      items.put((end, None))
+    except BaseException as e:  # re-raised in the consumer
+      items.put((end, e))
+
+  threading.Thread(target=produce, daemon=True).start()
+
+  def consume():
+    while True:
+      item, error = items.get()
+      if error is not None:
+        raise error
+      if item is end:
+        return
+      yield item
+
+  return consume()

@@ -1,0 +1,41 @@
+r"""Trains and evaluates an MD4 model.
+
+  python md4/main.py --config=md4/configs/md4/shakespeare.py --workdir=expt/shakespeare \
+      [--config.key=value ...] [--sharded]
+"""
+
+import logging as std_logging
+import os
+import sys
+
+# Lets `python md4/main.py` import the package from a plain checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only writes events
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from md4 import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. md4/configs/md4/shakespeare.py.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, samples.')
+_SHARDED = flags.DEFINE_bool(
+    'sharded', False, 'Shard parameters and optimizer state over the devices (FSDP) '
+    'instead of replicating them.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Orbax logs every checkpoint step at INFO; keep its warnings only.
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, sharded=_SHARDED.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

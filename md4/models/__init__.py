@@ -1,0 +1,7 @@
+"""Diffusion models: a dict from `config.model_type` to the module class."""
+
+from md4.models.md4 import MD4
+
+MODELS = {
+    'md4': MD4,
+}

@@ -1,0 +1,128 @@
+"""MD4: masked diffusion with a scalar masking schedule (Shi et al., 2024).
+
+Notation follows the paper: x the data (token ids in [0, V)), m = V the mask id, z_t the
+noised sequence, α(t) the schedule, μθ(z_t, t) the network's prediction of x.
+
+The model returns per-example loss terms, in bits per token; the trainer reduces them.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from md4 import schedules
+
+
+class MD4(nn.Module):
+  """Masked diffusion model around a backbone `network(z_t, t, train) -> logits`."""
+  network: nn.Module
+  vocab_size: int  # V; the mask id is V
+  data_shape: tuple[int, ...]
+  noise_schedule: str = 'linear'  # a name in md4.schedules
+  cont_time: bool = True  # continuous-time ELBO or the T-step one
+  timesteps: int = 1000  # T of the discrete-time ELBO, when cont_time is False
+  antithetic_time_sampling: bool = True
+
+  @property
+  def schedule(self) -> schedules.MaskingSchedule:
+    return schedules.MaskingSchedule(self.noise_schedule)
+
+  @property
+  def mask_id(self) -> int:
+    return self.vocab_size
+
+  def sample_times(self, batch_size):
+    """t ~ U(0, 1) per example [B]; antithetic: t_i = (u + i/B) mod 1 (Kingma et al., 2021)."""
+    rng = self.make_rng('sample')
+    if self.antithetic_time_sampling:
+      u = jax.random.uniform(rng, ())
+      return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+    return jax.random.uniform(rng, (batch_size,))
+
+  def forward_sample(self, x, t):
+    """z_t ~ q(z_t | x): keep each token with probability α(t), else the mask id."""
+    alpha_t = self.schedule.alpha(t).reshape((-1,) + (1,) * (x.ndim - 1))
+    keep = jax.random.bernoulli(self.make_rng('sample'), alpha_t, x.shape)
+    return jnp.where(keep, x, self.mask_id)
+
+  def predict_logits(self, z, t, train=False):
+    """Logits of μθ(z_t, t) over the V tokens: [B, *S] -> [B, *S, V]."""
+    return self.network(z, t, train=train)
+
+  def unmask_prob(self, s, t):
+    """(α_s − α_t)/(1 − α_t): chance that a masked token is revealed between t and s < t.
+
+    Together with μθ it gives the paper's reverse step:
+      q(z_s = v | z_t = m, μθ) = μθ(v)·(α_s − α_t)/(1 − α_t),  q(z_s = m | z_t = m) = the rest.
+    Returned as [B, 1, ..., 1] to broadcast against [B, *S, V].
+    """
+    alpha_s, alpha_t = self.schedule.alpha(s), self.schedule.alpha(t)
+    return ((alpha_s - alpha_t) / (1.0 - alpha_t)).reshape(
+        (-1,) + (1,) * (len(self.data_shape) + 1))
+
+  def recon_loss(self):
+    """−E_q(z_0|x) log p(x | z_0) per example, in nats.
+
+    p(x | z_0) copies unmasked tokens and is uniform over V at masked ones, so the term is
+    exactly n·(1 − α(0))·log V with n the number of tokens.
+    """
+    n = math.prod(self.data_shape)
+    return n * (1.0 - self.schedule.alpha(0.0)) * math.log(self.vocab_size)
+
+  def prior_loss(self):
+    """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats.
+
+    The prior is the forward marginal at t = 1 of uniform data: each token is masked with
+    probability 1 − α(1) and uniform over V otherwise (`sample_prior` draws it). Per token the
+    KL is α(1)·log V.
+    """
+    n = math.prod(self.data_shape)
+    return n * self.schedule.alpha(1.0) * math.log(self.vocab_size)
+
+  def diffusion_loss(self, x, t, z_t, logits):
+    """Per-example diffusion term in nats, continuous or T-step."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    log_p_x = jnp.take_along_axis(log_p, x[..., None], axis=-1)[..., 0]  # [B, *S]
+    is_masked = z_t == self.mask_id
+    axes = tuple(range(1, x.ndim))
+    masked_log_p = jnp.sum(jnp.where(is_masked, log_p_x, 0.0), axis=axes)  # [B]
+    if self.cont_time:
+      # ∫₀¹ α′_t/(1 − α_t) · Σ_{n: z_t^n = m} x_nᵀ log μθ(z_t, t)_n dt, one t per example.
+      return self.schedule.weight(t) * masked_log_p
+    # T · (α_s − α_t)/(1 − α_t) · (cross-entropy on masked tokens), with t = i/T, s = t − 1/T.
+    s = t - 1.0 / self.timesteps
+    alpha_s, alpha_t = self.schedule.alpha(s), self.schedule.alpha(t)
+    return -self.timesteps * (alpha_s - alpha_t) / (1.0 - alpha_t) * masked_log_p
+
+  def __call__(self, x, train=False) -> dict[str, Any]:
+    """Negative ELBO terms per example, in bits per token: each [B].
+
+    Uses the 'sample' rng stream for t and z_t, and 'dropout' when training.
+    """
+    batch_size = x.shape[0]
+    t = self.sample_times(batch_size)
+    if not self.cont_time:
+      t = (jnp.floor(t * self.timesteps) + 1) / self.timesteps  # i/T, i ∈ {1..T}
+    z_t = self.forward_sample(x, t)
+    logits = self.predict_logits(z_t, t, train=train)
+    to_bits = 1.0 / (math.prod(self.data_shape) * math.log(2.0))
+    loss_diff = self.diffusion_loss(x, t, z_t, logits) * to_bits
+    loss_recon = jnp.full((batch_size,), self.recon_loss() * to_bits)
+    loss_prior = jnp.full((batch_size,), self.prior_loss() * to_bits)
+    return {
+        'loss': loss_diff + loss_recon + loss_prior,
+        'loss_diff': loss_diff,
+        'loss_recon': loss_recon,
+        'loss_prior': loss_prior,
+    }
+
+  def sample_prior(self, rng, batch_size):
+    """z_1 ~ p(z_1): mask with probability 1 − α(1), else a uniform token. [B, *S]."""
+    rng_keep, rng_tok = jax.random.split(rng)
+    shape = (batch_size,) + tuple(self.data_shape)
+    keep = jax.random.bernoulli(rng_keep, self.schedule.alpha(1.0), shape)
+    tokens = jax.random.randint(rng_tok, shape, 0, self.vocab_size)
+    return jnp.where(keep, tokens, self.mask_id)

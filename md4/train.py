@@ -1,0 +1,397 @@
+"""Training and evaluation: one jitted loop for one device or a mesh of many.
+
+Data flows config -> (dataset, model, optimizer, mesh) -> `train_step` under `jax.jit` with
+`NamedSharding`s -> metrics, checkpoints and samples in the workdir. The batch is split over
+the mesh's 'data' axis; parameters are replicated, or sharded FSDP-style over 'data' along
+their 'embed' dimension with `sharded=True`. Randomness is a pure function of (seed, step),
+and so is the data, so a run restarted from a checkpoint continues exactly.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from md4 import data
+from md4 import models
+from md4 import networks
+from md4 import optim
+from md4 import sampling
+
+# Logical parameter axis -> mesh axis. Replicated: every axis unsharded.
+REPLICATED_RULES = ()
+FSDP_RULES = (('embed', 'data'),)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # number of steps taken
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def build_model(config, info: data.DatasetInfo):
+  """The diffusion model named by config.model_type around the configured backbone."""
+  if config.model_type not in models.MODELS:
+    raise ValueError(f'unknown model_type {config.model_type!r}; '
+                     f'choose from {sorted(models.MODELS)}')
+  network = networks.build_network(config.network, info.vocab_size)
+  return models.MODELS[config.model_type](
+      network=network, vocab_size=info.vocab_size, data_shape=info.data_shape,
+      **config.model)
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over every device, axis 'data'."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ('data',))
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def loss_fn(model, params, batch, rng, train):
+  """Mean over the batch of the model's per-example terms; 'loss' is the objective."""
+  rng_sample, rng_dropout = jax.random.split(rng)
+  terms = model.apply({'params': params}, batch, train=train,
+                      rngs={'sample': rng_sample, 'dropout': rng_dropout})
+  metrics = {k: v.mean() for k, v in terms.items()}
+  return metrics['loss'], metrics
+
+
+def split_microbatches(batch, num_microbatches):
+  """[B, ...] -> [M, B/M, ...]; microbatch i takes rows i, i + M, ... so each stays spread
+  over the data-parallel devices."""
+  b = batch.shape[0]
+  return batch.reshape((b // num_microbatches, num_microbatches) + batch.shape[1:]
+                       ).swapaxes(0, 1)
+
+
+def compute_grads(model, params, batch, rng, num_microbatches):
+  """Gradient of the mean loss, accumulated over microbatches with keys fold_in(rng, i).
+
+  Microbatches are equal in size, so the average of their gradients is the gradient of the
+  full batch's mean loss.
+  """
+  grad_fn = jax.grad(functools.partial(loss_fn, model, train=True), has_aux=True)
+  if num_microbatches == 1:
+    return grad_fn(params, batch, jax.random.fold_in(rng, 0))
+
+  def body(carry, i_mb):
+    i, mb = i_mb
+    grads, metrics = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    return jax.tree.map(jax.numpy.add, carry, (grads, metrics)), None
+
+  mbs = split_microbatches(batch, num_microbatches)
+  zeros = jax.eval_shape(grad_fn, params, mbs[0], rng)
+  zeros = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), zeros)
+  total, _ = jax.lax.scan(body, zeros, (jax.numpy.arange(num_microbatches), mbs))
+  return jax.tree.map(lambda x: x / num_microbatches, total)
+
+
+def train_step(model, optimizer, config, state, batch, rng):
+  """One optimizer step: (state, batch [B, *S]) -> (state, metrics). rng is the run's train key."""
+  rng = jax.random.fold_in(rng, state.step)
+  grads, metrics = compute_grads(model, state.params, batch, rng,
+                                 config.num_microbatches)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = optim.ema_update(state.ema_params, params,
+                                optim.ema_decay(state.step, config.opt.ema_rate))
+  metrics['grad_norm'] = optax.global_norm(grads)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            ema_params=ema_params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(model, params, batch, rng):
+  """Mean negative-ELBO terms of a batch (no dropout)."""
+  return loss_fn(model, params, batch, rng, train=False)[1]
+
+
+# ----------------------------------------------------------------- state and sharding
+
+
+def _fit_to_shape(spec: P, shape, mesh: Mesh) -> P:
+  """Drops a mesh axis from a dimension it does not divide (that dimension is replicated)."""
+  fitted = []
+  for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    size = 1 if axis is None else math.prod(
+        mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
+    fitted.append(axis if dim % size == 0 else None)
+  return P(*fitted)
+
+
+def state_shardings(model, optimizer, mesh, sharded, example_batch):
+  """Abstract TrainState and its NamedShardings (parameters by logical-axis rules)."""
+  rules = FSDP_RULES if sharded else REPLICATED_RULES
+
+  def init_params(rng):
+    return model.init({'params': rng, 'sample': rng, 'dropout': rng},
+                      example_batch)['params']
+
+  boxed = jax.eval_shape(init_params, jax.random.key(0))
+  params = nn.unbox(boxed)
+  logical = nn.get_partition_spec(boxed)
+  param_sh = jax.tree.map(
+      lambda spec, p: NamedSharding(
+          mesh, _fit_to_shape(nn.logical_to_mesh_axes(spec, rules), p.shape, mesh)),
+      logical, params, is_leaf=lambda x: isinstance(x, P))
+  opt_state = jax.eval_shape(optimizer.init, params)
+  replicated = NamedSharding(mesh, P())
+  opt_sh = optax.tree_map_params(
+      optimizer, lambda _, sh: sh, opt_state, param_sh,
+      transform_non_params=lambda _: replicated)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
+                        ema_params=params, opt_state=opt_state)
+  shardings = TrainState(step=replicated, params=param_sh, ema_params=param_sh,
+                         opt_state=opt_sh)
+  return abstract, shardings, init_params
+
+
+def init_state(model, optimizer, mesh, sharded, example_batch, rng):
+  """A fresh TrainState created directly in its shardings."""
+  _, shardings, init_params = state_shardings(model, optimizer, mesh, sharded,
+                                              example_batch)
+
+  def init(rng):
+    params = nn.unbox(init_params(rng))
+    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                      ema_params=params, opt_state=optimizer.init(params))
+
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def make_checkpoint_manager(workdir, config):
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                           create=True))
+
+
+def restore_or_init(manager, model, optimizer, mesh, sharded, example_batch, rng):
+  """The latest checkpoint if there is one, restored onto this mesh; else a fresh state."""
+  step = manager.latest_step()
+  if step is None:
+    return init_state(model, optimizer, mesh, sharded, example_batch, rng)
+  abstract, shardings, _ = state_shardings(model, optimizer, mesh, sharded,
+                                           example_batch)
+  target = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+      shardings)
+  logging.info('Restoring checkpoint at step %d from %s', step, manager.directory)
+  return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def validate_config(config, num_devices):
+  """Raises ValueError for values that cannot run, naming the key and the fix."""
+  def check(ok, message):
+    if not ok:
+      raise ValueError(message)
+
+  check(config.num_train_steps > 0, 'num_train_steps must be positive')
+  check(config.batch_size > 0, 'batch_size must be positive')
+  check(config.num_microbatches >= 1, 'num_microbatches must be >= 1')
+  check(config.batch_size % config.num_microbatches == 0,
+        f'batch_size {config.batch_size} must be divisible by num_microbatches '
+        f'{config.num_microbatches}')
+  micro = config.batch_size // config.num_microbatches
+  check(micro % num_devices == 0,
+        f'each microbatch ({micro} = batch_size / num_microbatches) must split evenly '
+        f'over the {num_devices} devices; change batch_size or num_microbatches')
+  check(config.eval_batch_size % num_devices == 0,
+        f'eval_batch_size {config.eval_batch_size} must be divisible by the '
+        f'{num_devices} devices')
+  check(config.sampling.num_samples % num_devices == 0,
+        f'sampling.num_samples {config.sampling.num_samples} must be divisible by the '
+        f'{num_devices} devices')
+  for key in ('log_every_steps', 'eval_every_steps', 'sample_every_steps',
+              'checkpoint_every_steps', 'keep_checkpoints'):
+    check(config[key] >= 1, f'{key} must be >= 1, got {config[key]}')
+  check(0.0 <= config.opt.ema_rate < 1.0, 'opt.ema_rate must be in [0, 1)')
+  check(config.model.timesteps >= 1, 'model.timesteps must be >= 1')
+
+
+# ------------------------------------------------------------------------- the loop
+
+
+class JsonlWriter:
+  """Appends one JSON object per logged step to {workdir}/metrics.jsonl."""
+
+  def __init__(self, workdir):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+
+  def write(self, step, metrics):
+    record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def evaluate(eval_fn, params, splits, info, config, mesh, rng):
+  """ELBO terms on every full batch of every eval split: {'{split}_{term}': mean}."""
+  batch_sharding = NamedSharding(mesh, P('data'))
+  results = {}
+  for split in info.eval_splits:
+    sums, n = {}, 0
+    for i, local in enumerate(data.eval_batches(
+        splits[split], config.eval_batch_size, jax.process_index(),
+        jax.process_count())):
+      batch = jax.make_array_from_process_local_data(batch_sharding, local)
+      metrics = eval_fn(params, batch, jax.random.fold_in(rng, i))
+      sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
+      n += 1
+    results.update({f'{split}_{k}': float(v) / n for k, v in sums.items()})
+  return results
+
+
+def write_samples(workdir, step, samples, info, writer):
+  texts = [info.decode(s) for s in samples]
+  path = os.path.join(workdir, 'samples', f'step_{step:08d}.txt')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  sep = '\n' + '=' * 40 + '\n'
+  with open(path + '.tmp', 'w') as f:
+    f.write(sep.join(texts) + '\n')
+  os.replace(path + '.tmp', path)
+  writer.write_texts(step, {'samples': sep.join(texts[:4])})
+  return path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       sharded: bool = False) -> dict[str, float]:
+  """Trains config's model in workdir, resuming from its latest checkpoint.
+
+  Returns the final eval metrics (bits per token).
+  """
+  mesh = make_mesh()
+  validate_config(config, mesh.size)
+  info, splits = data.load_dataset(config.data)
+  model = build_model(config, info)
+  optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
+  lr_fn = optim.learning_rate_schedule(config.opt, config.num_train_steps)
+  generate = sampling.make_generate_fn(model, config.sampling)
+  os.makedirs(workdir, exist_ok=True)
+
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng, eval_rng, sample_rng = (
+      jax.random.fold_in(rng, i) for i in range(4))
+  batch_sharding = NamedSharding(mesh, P('data'))
+  example = jax.numpy.zeros((1,) + info.data_shape, jax.numpy.int32)
+
+  manager = make_checkpoint_manager(workdir, config)
+  state = restore_or_init(manager, model, optimizer, mesh, sharded, example, init_rng)
+  _, shardings, _ = state_shardings(model, optimizer, mesh, sharded, example)
+  start_step = int(state.step)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('Model: %d parameters; vocab %d; data shape %s; %d devices; start step %d',
+               num_params, info.vocab_size, info.data_shape, mesh.size, start_step)
+
+  p_train_step = jax.jit(
+      functools.partial(train_step, model, optimizer, config),
+      in_shardings=(shardings, batch_sharding, None),
+      out_shardings=(shardings, None), donate_argnums=0)
+  p_eval_step = jax.jit(functools.partial(eval_step, model))
+  p_generate = jax.jit(
+      lambda params, rng: generate(
+          params, rng,
+          model.apply({'params': params}, rng, config.sampling.num_samples,
+                      method=model.sample_prior)),
+      out_shardings=batch_sharding)
+
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  jsonl = JsonlWriter(workdir) if is_main else None
+  if is_main and start_step == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer)
+
+  def batches():
+    for step in range(start_step, config.num_train_steps):
+      local = data.train_batch(splits['train'], step, config.batch_size, config.seed,
+                               jax.process_index(), jax.process_count())
+      yield jax.make_array_from_process_local_data(batch_sharding, local)
+
+  train_iter = data.prefetch(batches())
+  history, eval_metrics = [], {}
+  step = start_step
+  with metric_writers.ensure_flushes(writer):
+    for step in range(start_step + 1, config.num_train_steps + 1):
+      state, metrics = p_train_step(state, next(train_iter), train_rng)
+      history.append(metrics)
+      if config.check_nans:
+        _check_finite(step, metrics)
+      report_progress(step, time.time())
+      last = step == config.num_train_steps
+      record = {}
+      if step % config.log_every_steps == 0 or last:
+        record.update(_mean_metrics(history))
+        record['learning_rate'] = float(lr_fn(step - 1))
+        history = []
+      if step % config.eval_every_steps == 0 or last:
+        eval_metrics = evaluate(p_eval_step, state.ema_params, splits, info, config,
+                                mesh, eval_rng)
+        record.update(eval_metrics)
+      if record:
+        writer.write_scalars(step, record)
+        if jsonl:
+          jsonl.write(step, record)
+      if step % config.sample_every_steps == 0 or last:
+        samples = p_generate(state.ema_params, jax.random.fold_in(sample_rng, step))
+        samples = multihost_utils.process_allgather(samples, tiled=True)
+        if is_main:
+          path = write_samples(workdir, step, np.asarray(samples), info, writer)
+          logging.info('Wrote samples to %s', path)
+      if step % config.checkpoint_every_steps == 0 or last:
+        manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  manager.close()
+  if not eval_metrics and info.eval_splits:
+    eval_metrics = evaluate(p_eval_step, state.ema_params, splits, info, config, mesh,
+                            eval_rng)
+  summary = ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())
+                      if k.endswith('_loss'))
+  print(f'Final eval at step {step} (bits per token, EMA parameters): {summary}',
+        flush=True)
+  return eval_metrics
+
+
+def _flatten(tree, prefix=''):
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      flat.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      flat[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return flat
+
+
+def _mean_metrics(history):
+  stacked = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+
+
+def _check_finite(step, metrics):
+  for name, value in jax.device_get(metrics).items():
+    if not np.isfinite(value):
+      raise FloatingPointError(
+          f'metric {name!r} is {value} at step {step}; lower opt.learning_rate, set '
+          'opt.grad_clip, or check the data')

@@ -1,0 +1,143 @@
+"""MD4's forward process and ELBO against exact computations on tiny problems."""
+
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from md4 import schedules
+from md4.models import MD4
+import toys
+
+
+def _model(network, vocab_size, length, **kw):
+  return MD4(network=network, vocab_size=vocab_size, data_shape=(length,), **kw)
+
+
+@pytest.mark.parametrize('t', [0.1, 0.5, 0.9])
+def test_masking_rate_is_one_minus_alpha(t):
+  model = _model(toys.Oracle((0.5, 0.5)), 2, 64)
+  x = jnp.zeros((256, 64), jnp.int32)
+  z = model.apply({}, x, jnp.full((256,), t), method=model.forward_sample,
+                  rngs={'sample': jax.random.key(3)})
+  assert set(np.unique(z)) <= {0, 2}  # only the mask id is written
+  rate = float(jnp.mean(z == 2))
+  expected = 1.0 - float(schedules.MaskingSchedule('linear').alpha(t))
+  stderr = math.sqrt(expected * (1 - expected) / z.size)
+  assert abs(rate - expected) < 5 * stderr
+
+
+@pytest.mark.parametrize('schedule', ['linear', 'cosine', 'poly2'])
+def test_oracle_elbo_is_data_nll(schedule):
+  """For i.i.d. x ~ p and μθ ≡ p, E[ELBO] = (1 − 2ε)·NLL(x) + 2ε·log V (exactly)."""
+  probs = (0.5, 0.25, 0.15, 0.1)
+  v, length, n = len(probs), 16, 4096
+  model = _model(toys.Oracle(probs), v, length, noise_schedule=schedule,
+                 antithetic_time_sampling=False)
+  x = jax.random.categorical(jax.random.key(0), jnp.log(jnp.asarray(probs)),
+                             shape=(length,))
+  xs = jnp.broadcast_to(x, (n, length))
+  terms = model.apply({}, xs, rngs={'sample': jax.random.key(1)})
+  loss = np.asarray(terms['loss'])  # bits per token, one draw of (t, z_t) each
+  nll_bits = -np.sum(np.log2(np.asarray(probs)[np.asarray(x)])) / length
+  eps = schedules.EPS
+  expected = (1 - 2 * eps) * nll_bits + 2 * eps * math.log2(v)
+  stderr = loss.std() / math.sqrt(n)
+  assert abs(loss.mean() - expected) < 4 * stderr
+  assert abs(expected - nll_bits) < 1e-3
+
+
+def _exact_expected_loss(model, params, x, t):
+  """E_{z_t ~ q(·|x)} of the diffusion integrand at each t [G], by enumerating masks."""
+  length = x.shape[0]
+  patterns = np.array(list(itertools.product([0, 1], repeat=length)), bool)  # [P, L]
+  alpha = np.asarray(model.schedule.alpha(t))[:, None]  # [G, 1]
+  n_masked = patterns.sum(1)[None]
+  prob = alpha**(length - n_masked) * (1 - alpha)**n_masked  # [G, P]
+  g, p = prob.shape
+  z = np.where(patterns, model.vocab_size, np.asarray(x)[None])  # [P, L]
+  z = np.broadcast_to(z, (g, p, length)).reshape(g * p, length)
+  tt = np.repeat(np.asarray(t), p)
+  logits = model.apply({'params': params}, jnp.asarray(z), jnp.asarray(tt),
+                       method=model.predict_logits)
+  log_p = np.asarray(jax.nn.log_softmax(logits, -1)).reshape(g, p, length, -1)
+  log_p_x = np.take_along_axis(log_p, np.asarray(x)[None, None, :, None], -1)[..., 0]
+  masked_log_p = np.where(patterns[None], log_p_x, 0.0).sum(-1)  # [G, P]
+  return (prob * masked_log_p).sum(-1)  # [G]
+
+
+def _exact_losses(schedule, timesteps):
+  v, length = 3, 3
+  model = _model(toys.ToyNet(v), v, length, noise_schedule=schedule)
+  x = jnp.asarray([2, 0, 1])
+  params = toys.init(model, x[None])
+  s = model.schedule
+  # Continuous time: ∫ α′/(1 − α) E[Σ_masked log μθ] dt, by Gauss-Legendre quadrature.
+  nodes, weights = np.polynomial.legendre.leggauss(200)
+  tq = 0.5 * (nodes + 1)
+  cont = 0.5 * np.sum(weights * np.asarray(s.weight(tq)) *
+                      _exact_expected_loss(model, params, x, tq))
+  out = {'cont': cont}
+  for big_t in timesteps:
+    ti = np.arange(1, big_t + 1) / big_t
+    si = ti - 1 / big_t
+    a_t, a_s = np.asarray(s.alpha(ti)), np.asarray(s.alpha(si))
+    out[big_t] = -np.sum((a_s - a_t) / (1 - a_t) *
+                         _exact_expected_loss(model, params, x, ti))
+  return model, params, x, out
+
+
+@pytest.mark.parametrize('schedule', ['linear', 'cosine'])
+def test_discrete_time_loss_approaches_continuous(schedule):
+  _, _, _, exact = _exact_losses(schedule, (4, 16, 64, 256))
+  gaps = [abs(exact[t] - exact['cont']) for t in (4, 16, 64, 256)]
+  assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+  assert gaps[-1] < 2e-3 * abs(exact['cont'])
+  # The finite-T bound is looser than the continuous one (the paper's remark).
+  assert exact[4] > exact['cont']
+
+
+@pytest.mark.parametrize('cont_time,timesteps', [(True, 1000), (False, 4)])
+def test_monte_carlo_loss_matches_enumeration(cont_time, timesteps):
+  base, params, x, exact = _exact_losses('linear', (timesteps,))
+  model = base.clone(cont_time=cont_time, timesteps=timesteps)
+  n = 20000
+  terms = model.apply({'params': params}, jnp.broadcast_to(x, (n, 3)),
+                      rngs={'sample': jax.random.key(7)})
+  nats = np.asarray(terms['loss_diff']) * 3 * math.log(2)
+  target = exact['cont'] if cont_time else exact[timesteps]
+  assert abs(nats.mean() - target) < 4 * nats.std() / math.sqrt(n)
+
+
+def test_loss_terms_shapes_and_units():
+  v, length = 5, 8
+  model = _model(toys.ToyNet(v), v, length)
+  x = jax.random.randint(jax.random.key(0), (6, length), 0, v)
+  params = toys.init(model, x)
+  terms = model.apply({'params': params}, x, rngs={'sample': jax.random.key(2)})
+  assert set(terms) == {'loss', 'loss_diff', 'loss_recon', 'loss_prior'}
+  for value in terms.values():
+    assert value.shape == (6,)
+  np.testing.assert_allclose(terms['loss'], terms['loss_diff'] + terms['loss_recon'] +
+                             terms['loss_prior'], rtol=1e-6)
+  # Reconstruction and prior terms: ε·log₂V bits per token each.
+  np.testing.assert_allclose(terms['loss_recon'], schedules.EPS * math.log2(v), rtol=1e-3)
+  np.testing.assert_allclose(terms['loss_prior'], schedules.EPS * math.log2(v), rtol=1e-3)
+
+
+def test_antithetic_times_are_stratified():
+  model = _model(toys.Oracle((0.5, 0.5)), 2, 4)
+  t = model.apply({}, 8, method=model.sample_times, rngs={'sample': jax.random.key(0)})
+  bins = np.sort(np.floor(np.asarray(t) * 8))
+  np.testing.assert_array_equal(bins, np.arange(8))
+
+
+def test_prior_draw_rate():
+  model = _model(toys.Oracle((0.5, 0.5)), 2, 1000)
+  z = model.apply({}, jax.random.key(0), 100, method=model.sample_prior)
+  assert z.shape == (100, 1000)
+  assert 0 < int(jnp.sum(z != 2)) < 50  # about ε·10⁵ = 10 unmasked tokens

@@ -1,0 +1,246 @@
+"""The train loop: microbatching, EMA and schedules, resume, devices, the CLI."""
+
+import functools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from md4 import optim
+from md4 import train
+from md4.configs.md4 import shakespeare
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  """The Shakespeare config shrunk to run in seconds."""
+  config = shakespeare.get_config()
+  config.data.data_shape = (32,)
+  config.network.n_layers = 1
+  config.network.num_heads = 2
+  config.network.feature_dim = 8
+  config.batch_size = 8
+  config.eval_batch_size = 512
+  config.num_train_steps = 6
+  config.opt.warmup_steps = 2
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.sample_every_steps = 6
+  config.checkpoint_every_steps = 3
+  config.keep_checkpoints = 5
+  config.sampling.timesteps = 4
+  config.sampling.num_samples = 2
+  for key, value in overrides.items():
+    section = config
+    *path, last = key.split('.')
+    for p in path:
+      section = section[p]
+    section[last] = value
+  return config
+
+
+def _model_and_batch(config, batch_size=8):
+  from md4 import data
+  info, splits = data.load_dataset(config.data)
+  model = train.build_model(config, info)
+  batch = jnp.asarray(data.train_batch(splits['train'], 0, batch_size, 0))
+  return model, batch
+
+
+def test_microbatched_gradient_equals_full_batch_gradient():
+  config = tiny_config()
+  model, batch = _model_and_batch(config)
+  params = model.init({'params': jax.random.key(0), 'sample': jax.random.key(0)},
+                      batch)['params']
+  params = jax.tree.map(lambda p: p + 0.01, params)  # leave the zero init
+  rng = jax.random.key(5)
+  m = 4
+  grads, metrics = train.compute_grads(model, params, batch, rng, m)
+
+  # Independently: one gradient of the mean over all examples, microbatch i's losses
+  # drawn with key fold_in(rng, i), exactly as the accumulation promises.
+  def full_loss(params):
+    mbs = train.split_microbatches(batch, m)
+    losses = [train.loss_fn(model, params, mbs[i], jax.random.fold_in(rng, i), True)[0]
+              for i in range(m)]
+    return jnp.mean(jnp.stack(losses))
+
+  want = jax.grad(full_loss)(params)
+  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-7)
+  np.testing.assert_allclose(metrics['loss'], full_loss(params), rtol=1e-5)
+  # Each microbatch takes rows i, i+m, ...: all rows are used once.
+  mbs = train.split_microbatches(batch, m)
+  np.testing.assert_array_equal(np.sort(np.asarray(mbs).reshape(-1, 32), 0),
+                                np.sort(np.asarray(batch), 0))
+
+
+def test_ema_decay_warmup_and_update():
+  assert float(optim.ema_decay(0, 0.9999)) == pytest.approx(0.1)
+  assert float(optim.ema_decay(90, 0.9999)) == pytest.approx(91 / 100)
+  assert float(optim.ema_decay(10**7, 0.9999)) == pytest.approx(0.9999)
+  ema = optim.ema_update({'w': jnp.ones(3)}, {'w': jnp.zeros(3)}, 0.25)
+  np.testing.assert_allclose(ema['w'], 0.25)
+
+
+def test_learning_rate_schedules():
+  config = tiny_config()
+  opt = config.opt
+  opt.learning_rate, opt.warmup_steps = 1.0, 10
+  cosine = optim.learning_rate_schedule(opt, 110)
+  assert float(cosine(0)) == 0.0
+  assert float(cosine(5)) == pytest.approx(0.5)
+  assert float(cosine(10)) == pytest.approx(1.0)
+  assert float(cosine(60)) == pytest.approx(0.5, abs=1e-6)
+  assert float(cosine(110)) == pytest.approx(0.0, abs=1e-6)
+  opt.lr_schedule = 'constant'
+  constant = optim.learning_rate_schedule(opt, 110)
+  assert float(constant(5)) == pytest.approx(0.5)
+  assert float(constant(100)) == pytest.approx(1.0)
+  opt.lr_schedule = 'step'
+  with pytest.raises(ValueError, match="unknown opt.lr_schedule 'step'"):
+    optim.learning_rate_schedule(opt, 110)
+
+
+def test_weight_decay_and_clipping():
+  config = tiny_config(**{'opt.weight_decay': 0.5, 'opt.grad_clip': 1e-3})
+  tx = optim.make_optimizer(config.opt, 10)
+  params = {'kernel': jnp.ones((2, 2)), 'scale': jnp.ones(2)}
+  grads = {'kernel': jnp.full((2, 2), 100.0), 'scale': jnp.zeros(2)}
+  state = tx.init(params)
+  for _ in range(config.opt.warmup_steps):  # reach the peak learning rate
+    updates, state = tx.update(grads, state, params)
+  assert float(jnp.abs(updates['scale']).max()) == 0.0  # no decay on vectors
+  assert float(updates['kernel'][0, 0]) < 0
+
+
+def test_nan_check_names_step_and_metric():
+  with pytest.raises(FloatingPointError, match="'loss' is nan at step 7"):
+    train._check_finite(7, {'loss': jnp.float32(np.nan)})
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('batch_size', 10, 'divisible by num_microbatches'),
+    ('num_train_steps', 0, 'num_train_steps'),
+    ('opt.ema_rate', 1.0, 'ema_rate'),
+])
+def test_bad_config_values(key, value, match):
+  config = tiny_config(**{'num_microbatches': 4, key: value})
+  with pytest.raises(ValueError, match=match):
+    train.validate_config(config, 1)
+
+
+def _restore(directory, step):
+  with ocp.CheckpointManager(directory) as manager:
+    return manager.restore(step)
+
+
+def test_resume_continues_exactly(tmp_path):
+  config = tiny_config(**{'network.dropout_rate': 0.1, 'num_microbatches': 2})
+  full = tmp_path / 'full'
+  train.train_and_evaluate(config, str(full))
+  final = _restore(full / 'checkpoints', 6)
+
+  # A run killed after its step-3 checkpoint: keep only that one, then restart.
+  killed = tmp_path / 'killed'
+  shutil.copytree(full / 'checkpoints' / '3', killed / 'checkpoints' / '3')
+  train.train_and_evaluate(config, str(killed))
+  resumed = _restore(killed / 'checkpoints', 6)
+  for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert int(resumed['step']) == 6
+
+
+def test_train_writes_metrics_samples_and_checkpoints(tmp_path):
+  config = tiny_config()
+  result = train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records] == [2, 3, 4, 6]
+  assert list(records[0])[0] == 'step'
+  for key in ('loss', 'loss_diff', 'loss_recon', 'loss_prior', 'grad_norm', 'learning_rate'):
+    assert key in records[0]
+  for split in ('valid', 'test'):
+    assert f'{split}_loss' in records[1] and f'{split}_loss' in records[-1]
+    assert result[f'{split}_loss'] == pytest.approx(records[-1][f'{split}_loss'])
+  samples = (tmp_path / 'samples' / 'step_00000006.txt').read_text()
+  assert len(samples) > 2 * 32
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+
+
+SHARDING_SCRIPT = r'''
+import jax, jax.numpy as jnp, numpy as np, functools, sys
+sys.path.insert(0, sys.argv[1])
+from test_train import tiny_config, _model_and_batch
+from md4 import train, optim
+assert jax.device_count() == 8
+config = tiny_config(**{'network.num_heads': 2, 'network.feature_dim': 8})
+model, batch = _model_and_batch(config, batch_size=16)
+opt = optim.make_optimizer(config.opt, config.num_train_steps)
+results = {}
+for name, devices, sharded in [('one', jax.devices()[:1], False),
+                               ('eight', jax.devices(), False),
+                               ('eight_fsdp', jax.devices(), True)]:
+  mesh = train.make_mesh(devices)
+  state = train.init_state(model, opt, mesh, sharded, batch[:1], jax.random.key(0))
+  _, shardings, _ = train.state_shardings(model, opt, mesh, sharded, batch[:1])
+  batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  step = jax.jit(functools.partial(train.train_step, model, opt, config),
+                 in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None))
+  for _ in range(3):
+    state, metrics = step(state, jax.device_put(batch, batch_sh), jax.random.key(1))
+  results[name] = (float(metrics['loss']), jax.device_get(state.params))
+  if sharded:
+    emb = state.params['network']['embed']['embedding']
+    assert len({str(s.index) for s in emb.addressable_shards}) == 8, emb.sharding
+for name in ('eight', 'eight_fsdp'):
+  np.testing.assert_allclose(results[name][0], results['one'][0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(results[name][1]), jax.tree.leaves(results['one'][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print('OK', results['one'][0])
+'''
+
+
+def test_eight_devices_match_one_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run([sys.executable, '-c', SHARDING_SCRIPT, str(ROOT / 'tests')],
+                        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'OK' in proc.stdout
+
+
+def _cli(workdir, *flags):
+  return subprocess.run(
+      [sys.executable, 'md4/main.py', '--config=md4/configs/md4/shakespeare.py',
+       f'--workdir={workdir}', '--config.data.data_shape=(32,)',
+       '--config.network.n_layers=1', '--config.network.num_heads=2',
+       '--config.network.feature_dim=8', '--config.batch_size=8',
+       '--config.num_train_steps=3', '--config.eval_every_steps=3',
+       '--config.sample_every_steps=3', '--config.sampling.timesteps=4',
+       '--config.sampling.num_samples=2', *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_end_to_end(tmp_path):
+  proc = _cli(tmp_path / 'run', '--sharded')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  last = proc.stdout.strip().splitlines()[-1]
+  assert last.startswith('Final eval at step 3') and 'valid_loss=' in last
+  assert (tmp_path / 'run' / 'samples' / 'step_00000003.txt').exists()
+
+
+def test_cli_rejects_unknown_key_and_bad_value(tmp_path):
+  proc = _cli(tmp_path / 'a', '--config.opt.learning_rat=0.1')
+  assert proc.returncode != 0 and 'learning_rat' in proc.stderr
+  proc = _cli(tmp_path / 'b', '--config.model.noise_schedule=quadratic')
+  assert proc.returncode != 0 and "unknown masking schedule 'quadratic'" in proc.stderr

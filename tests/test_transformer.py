@@ -1,0 +1,100 @@
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from md4.networks import build_network
+from md4.networks.transformer import Transformer
+
+V, B, L = 11, 2, 16
+
+
+def _net(**kw):
+  base = dict(vocab_size=V, n_layers=2, num_heads=2, feature_dim=8)
+  base.update(kw)
+  return Transformer(**base)
+
+
+def _init(net, seed=0):
+  z = jnp.zeros((B, L), jnp.int32)
+  return nn.unbox(net.init(jax.random.key(seed), z, jnp.zeros((B,))))
+
+
+def _perturbed(params, seed=1):
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(
+      tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize('mlp_type', ['glu', 'geglu', 'swiglu'])
+@pytest.mark.parametrize('cond_type', ['adaln', 'adaln_zero'])
+def test_shapes_and_zero_initialised_output(mlp_type, cond_type):
+  net = _net(mlp_type=mlp_type, cond_type=cond_type)
+  variables = _init(net)
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)  # the mask id V included
+  logits = net.apply(variables, z, jnp.full((B,), 0.3))
+  assert logits.shape == (B, L, V) and logits.dtype == jnp.float32
+  np.testing.assert_array_equal(logits, 0.0)  # zero-initialised output layer
+
+
+def test_time_conditioning():
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  for time_features, differs in (('t', True), ('none', False)):
+    net = _net(time_features=time_features)
+    variables = _perturbed(_init(net))
+    a = net.apply(variables, z, jnp.full((B,), 0.2))
+    b = net.apply(variables, z, jnp.full((B,), 0.8))
+    assert bool(jnp.any(jnp.abs(a - b) > 1e-4)) == differs
+
+
+def test_attention_is_bidirectional():
+  net = _net()
+  variables = _perturbed(_init(net))
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V)
+  a = net.apply(variables, z, jnp.full((B,), 0.5))
+  b = net.apply(variables, z.at[:, -1].set((z[:, -1] + 1) % V), jnp.full((B,), 0.5))
+  assert float(jnp.abs(a[:, 0] - b[:, 0]).max()) > 1e-5  # the first sees the last
+
+
+def test_dropout_only_in_training():
+  net = _net(dropout_rate=0.5)
+  variables = _perturbed(_init(net))
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V)
+  t = jnp.full((B,), 0.5)
+  np.testing.assert_array_equal(net.apply(variables, z, t), net.apply(variables, z, t))
+  a = net.apply(variables, z, t, train=True, rngs={'dropout': jax.random.key(1)})
+  assert float(jnp.abs(a - net.apply(variables, z, t)).max()) > 1e-4
+
+
+def test_init_scales_and_logical_axes():
+  n_layers = 8
+  net = _net(n_layers=n_layers, num_heads=4, feature_dim=64)
+  boxed = net.init(jax.random.key(0), jnp.zeros((B, L), jnp.int32), jnp.zeros((B,)))
+  specs = nn.get_partition_spec(boxed)['params']
+  assert tuple(specs['embed']['embedding']) == ('vocab', 'embed')
+  assert tuple(specs['block_0']['mlp_in']['kernel']) == ('embed', 'mlp')
+  params = nn.unbox(boxed)['params']
+  out = np.asarray(params['block_3']['attn_out']['kernel'])
+  assert out.std() == pytest.approx(0.02 / math.sqrt(2 * n_layers), rel=0.05)
+  assert np.asarray(params['block_3']['qkv']['kernel']).std() == pytest.approx(0.02, rel=0.05)
+  assert not np.any(np.asarray(params['block_3']['adaln']['kernel']))  # adaLN-zero
+  plain = nn.unbox(_net(n_layers=n_layers, num_heads=4, feature_dim=64,
+                        depth_scaled_init=False).init(
+      jax.random.key(0), jnp.zeros((B, L), jnp.int32), jnp.zeros((B,))))['params']
+  assert np.asarray(plain['block_3']['attn_out']['kernel']).std() == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize('key,value', [('mlp_type', 'relu'), ('cond_type', 'film'),
+                                       ('time_features', 'sigma')])
+def test_unknown_options(key, value):
+  with pytest.raises(ValueError, match=f'unknown {key} {value!r}'):
+    _net(**{key: value})
+
+
+def test_unknown_network():
+  with pytest.raises(ValueError, match="unknown network 'rnn'"):
+    build_network({'type': 'rnn'}, V)
