@@ -12,8 +12,6 @@ of the compiled step is printed beside it as a check. A last table gives the tim
 reverse step when generating 16 samples of length 256 with the default sampler.
 """
 
-import functools
-import math
 import os
 import sys
 import time
@@ -86,9 +84,11 @@ def bench_train(name, config, peak):
   mesh = train.make_mesh()
   example = jnp.zeros((1,) + info.data_shape, jnp.int32)
   state = train.init_state(model, opt, mesh, False, example, jax.random.key(0))
-  step = jax.jit(functools.partial(train.train_step, model, opt, config),
-                 donate_argnums=0)
-  batch = jnp.asarray(data.train_batch(splits['train'], 0, config.batch_size, 0))
+  _, shardings, _ = train.state_shardings(model, opt, mesh, False, example)
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  step = train.jit_train_step(model, opt, config, shardings, batch_sharding)
+  batch = jax.device_put(
+      data.train_batch(splits['train'], 0, config.batch_size, 0), batch_sharding)
   rng = jax.random.key(1)
 
   start = time.perf_counter()

@@ -120,6 +120,14 @@ def train_step(model, optimizer, config, state, batch, rng):
   return new_state, metrics
 
 
+def jit_train_step(model, optimizer, config, shardings, batch_sharding):
+  """train_step under jit, state and batch in their shardings, the state's buffers donated."""
+  return jax.jit(
+      functools.partial(train_step, model, optimizer, config),
+      in_shardings=(shardings, batch_sharding, None),
+      out_shardings=(shardings, None), donate_argnums=0)
+
+
 def eval_step(model, params, batch, rng):
   """Mean negative-ELBO terms of a batch (no dropout)."""
   return loss_fn(model, params, batch, rng, train=False)[1]
@@ -281,6 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the final eval metrics (bits per token).
   """
+  start_time = time.time()
   mesh = make_mesh()
   validate_config(config, mesh.size)
   info, splits = data.load_dataset(config.data)
@@ -304,10 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info('Model: %d parameters; vocab %d; data shape %s; %d devices; start step %d',
                num_params, info.vocab_size, info.data_shape, mesh.size, start_step)
 
-  p_train_step = jax.jit(
-      functools.partial(train_step, model, optimizer, config),
-      in_shardings=(shardings, batch_sharding, None),
-      out_shardings=(shardings, None), donate_argnums=0)
+  p_train_step = jit_train_step(model, optimizer, config, shardings, batch_sharding)
   p_eval_step = jax.jit(functools.partial(eval_step, model))
   p_generate = jax.jit(
       lambda params, rng: generate(
@@ -369,8 +375,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             eval_rng)
   summary = ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())
                       if k.endswith('_loss'))
-  print(f'Final eval at step {step} (bits per token, EMA parameters): {summary}',
-        flush=True)
+  print(f'Final eval at step {step} (bits per token, EMA parameters, '
+        f'{time.time() - start_time:.0f} s): {summary}', flush=True)
   return eval_metrics
 
 

@@ -1,6 +1,5 @@
 """The train loop: microbatching, EMA and schedules, resume, devices, the CLI."""
 
-import functools
 import json
 import os
 import pathlib
@@ -195,8 +194,7 @@ for name, devices, sharded in [('one', jax.devices()[:1], False),
   state = train.init_state(model, opt, mesh, sharded, batch[:1], jax.random.key(0))
   _, shardings, _ = train.state_shardings(model, opt, mesh, sharded, batch[:1])
   batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  step = jax.jit(functools.partial(train.train_step, model, opt, config),
-                 in_shardings=(shardings, batch_sh, None), out_shardings=(shardings, None))
+  step = train.jit_train_step(model, opt, config, shardings, batch_sh)
   for _ in range(3):
     state, metrics = step(state, jax.device_put(batch, batch_sh), jax.random.key(1))
   results[name] = (float(metrics['loss']), jax.device_get(state.params))

@@ -127,6 +127,7 @@ class Transformer(nn.Module):
   time_features: str = 't'  # 't' (condition on t) | 'none'
   dropout_rate: float = 0.0
   depth_scaled_init: bool = True  # residual output layers std 0.02/√(2·n_layers)
+  cond_dim: int = 128  # width C of the time embedding that drives adaLN
 
   def __post_init__(self):
     for value, allowed, key in ((self.mlp_type, MLP_ACTIVATIONS, 'mlp_type'),
@@ -150,9 +151,9 @@ class Transformer(nn.Module):
 
     cond = None
     if self.time_features == 't':
-      cond = sinusoidal_embedding(t, d)
-      cond = _dense(d, ('embed', 'cond'), name='time_mlp_in')(cond)
-      cond = _dense(d, ('cond', 'embed'), name='time_mlp_out')(nn.silu(cond))
+      cond = sinusoidal_embedding(t, self.cond_dim)  # [B, C]
+      cond = _dense(self.cond_dim, (None, 'cond'), name='time_mlp_in')(cond)
+      cond = _dense(self.cond_dim, (None, 'cond'), name='time_mlp_out')(nn.silu(cond))
 
     out_std = 0.02 / math.sqrt(2 * self.n_layers) if self.depth_scaled_init else 0.02
     for i in range(self.n_layers):
