@@ -83,8 +83,8 @@ def bench_train(name, config, peak):
   opt = optim.make_optimizer(config.opt, config.num_train_steps)
   mesh = train.make_mesh()
   example = jnp.zeros((1,) + info.data_shape, jnp.int32)
-  state = train.init_state(model, opt, mesh, False, example, jax.random.key(0))
-  _, shardings, _ = train.state_shardings(model, opt, mesh, False, example)
+  _, shardings, init_params = train.state_shardings(model, opt, mesh, False, example)
+  state = train.init_state(opt, init_params, shardings, jax.random.key(0))
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   step = train.jit_train_step(model, opt, config, shardings, batch_sharding)
   batch = jax.device_put(

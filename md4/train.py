@@ -173,10 +173,8 @@ def state_shardings(model, optimizer, mesh, sharded, example_batch):
   return abstract, shardings, init_params
 
 
-def init_state(model, optimizer, mesh, sharded, example_batch, rng):
+def init_state(optimizer, init_params, shardings, rng):
   """A fresh TrainState created directly in its shardings."""
-  _, shardings, init_params = state_shardings(model, optimizer, mesh, sharded,
-                                              example_batch)
 
   def init(rng):
     params = nn.unbox(init_params(rng))
@@ -193,13 +191,11 @@ def make_checkpoint_manager(workdir, config):
                                            create=True))
 
 
-def restore_or_init(manager, model, optimizer, mesh, sharded, example_batch, rng):
-  """The latest checkpoint if there is one, restored onto this mesh; else a fresh state."""
+def restore_or_init(manager, optimizer, abstract, shardings, init_params, rng):
+  """The latest checkpoint if there is one, restored onto these shardings; else a fresh state."""
   step = manager.latest_step()
   if step is None:
-    return init_state(model, optimizer, mesh, sharded, example_batch, rng)
-  abstract, shardings, _ = state_shardings(model, optimizer, mesh, sharded,
-                                           example_batch)
+    return init_state(optimizer, init_params, shardings, rng)
   target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
       shardings)
@@ -236,7 +232,6 @@ def validate_config(config, num_devices):
               'checkpoint_every_steps', 'keep_checkpoints'):
     check(config[key] >= 1, f'{key} must be >= 1, got {config[key]}')
   check(0.0 <= config.opt.ema_rate < 1.0, 'opt.ema_rate must be in [0, 1)')
-  check(config.model.timesteps >= 1, 'model.timesteps must be >= 1')
 
 
 # ------------------------------------------------------------------------- the loop
@@ -306,8 +301,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   example = jax.numpy.zeros((1,) + info.data_shape, jax.numpy.int32)
 
   manager = make_checkpoint_manager(workdir, config)
-  state = restore_or_init(manager, model, optimizer, mesh, sharded, example, init_rng)
-  _, shardings, _ = state_shardings(model, optimizer, mesh, sharded, example)
+  abstract, shardings, init_params = state_shardings(model, optimizer, mesh, sharded,
+                                                     example)
+  state = restore_or_init(manager, optimizer, abstract, shardings, init_params, init_rng)
   start_step = int(state.step)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('Model: %d parameters; vocab %d; data shape %s; %d devices; start step %d',

@@ -191,8 +191,8 @@ for name, devices, sharded in [('one', jax.devices()[:1], False),
                                ('eight', jax.devices(), False),
                                ('eight_fsdp', jax.devices(), True)]:
   mesh = train.make_mesh(devices)
-  state = train.init_state(model, opt, mesh, sharded, batch[:1], jax.random.key(0))
-  _, shardings, _ = train.state_shardings(model, opt, mesh, sharded, batch[:1])
+  _, shardings, init_params = train.state_shardings(model, opt, mesh, sharded, batch[:1])
+  state = train.init_state(opt, init_params, shardings, jax.random.key(0))
   batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   step = train.jit_train_step(model, opt, config, shardings, batch_sh)
   for _ in range(3):

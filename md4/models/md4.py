@@ -26,6 +26,12 @@ class MD4(nn.Module):
   timesteps: int = 1000  # T of the discrete-time ELBO, when cont_time is False
   antithetic_time_sampling: bool = True
 
+  def __post_init__(self):
+    schedules.MaskingSchedule(self.noise_schedule)  # raises on an unknown name
+    if self.timesteps < 1:
+      raise ValueError(f'model.timesteps must be >= 1, got {self.timesteps}')
+    super().__post_init__()
+
   @property
   def schedule(self) -> schedules.MaskingSchedule:
     return schedules.MaskingSchedule(self.noise_schedule)
