@@ -1,0 +1,15 @@
+"""GenMD4 (learned per-character masking schedules) on Shakespeare characters, 2 CPU cores.
+
+Run:  python md4/main.py --config=md4/configs/genmd4/shakespeare.py --workdir=expt/genmd4_shakespeare
+Hardware: 2 CPU cores (no accelerator needed). Everything but the model is the MD4
+Shakespeare config (md4/configs/md4/shakespeare.py); each step runs the network on two
+masks per example, so it costs about twice an MD4 step. See the closing note for what it
+reaches.
+"""
+
+from md4.configs.genmd4 import as_genmd4
+from md4.configs.md4 import shakespeare
+
+
+def get_config():
+  return as_genmd4(shakespeare.get_config())
