@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from md4 import schedules
+from md4.models import md4
 
 EPS = schedules.EPS
 
@@ -103,12 +104,9 @@ class GenMD4(nn.Module):
     return dalpha(self._per_value(t), self.powers())
 
   def sample_times(self, batch_size):
-    """t ~ U(t1, 1) per example [B]; antithetic: u_i = (u + i/B) mod 1, t = t1 + (1 − t1)·u."""
-    rng = self.make_rng('sample')
-    if self.antithetic_time_sampling:
-      u = jnp.mod(jax.random.uniform(rng, ()) + jnp.arange(batch_size) / batch_size, 1.0)
-    else:
-      u = jax.random.uniform(rng, (batch_size,))
+    """t ~ U(t1, 1) per example [B]: t = t1 + (1 − t1)·u with MD4's (antithetic) u."""
+    u = md4.uniform_times(self.make_rng('sample'), batch_size,
+                          self.antithetic_time_sampling)
     return self.t1 + (1.0 - self.t1) * u
 
   def forward_sample(self, x, t):

@@ -16,6 +16,14 @@ import jax.numpy as jnp
 from md4 import schedules
 
 
+def uniform_times(rng, batch_size, antithetic):
+  """u ~ U(0, 1) per example [B]; antithetic: u_i = (u + i/B) mod 1 (Kingma et al., 2021)."""
+  if antithetic:
+    u = jax.random.uniform(rng, ())
+    return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+  return jax.random.uniform(rng, (batch_size,))
+
+
 class MD4(nn.Module):
   """Masked diffusion model around a backbone `network(z_t, t, train) -> logits`."""
   network: nn.Module
@@ -41,12 +49,9 @@ class MD4(nn.Module):
     return self.vocab_size
 
   def sample_times(self, batch_size):
-    """t ~ U(0, 1) per example [B]; antithetic: t_i = (u + i/B) mod 1 (Kingma et al., 2021)."""
-    rng = self.make_rng('sample')
-    if self.antithetic_time_sampling:
-      u = jax.random.uniform(rng, ())
-      return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
-    return jax.random.uniform(rng, (batch_size,))
+    """t ~ U(0, 1) per example [B]."""
+    return uniform_times(self.make_rng('sample'), batch_size,
+                         self.antithetic_time_sampling)
 
   def forward_sample(self, x, t):
     """z_t ~ q(z_t | x): keep each token with probability α(t), else the mask id."""
