@@ -1,17 +1,24 @@
-r"""Training and sampling speed on this machine, printed as a Markdown table.
+r"""Training and sampling speed against the hardware's limit, printed as Markdown tables.
 
-  python benchmarks/benchmark.py [--steps=10] [--only=default,4L-256,text8]
+  python benchmarks/benchmark.py                    # this CPU: default, 4L-256, text8
+  python benchmarks/benchmark.py --only=md4-s --dtype=bfloat16 --batch=64 --sweep  # a GPU
+  python benchmarks/benchmark.py --only=text8 --mesh=1,-1,1   # FSDP over every device
 
-For each shape: parameters, training tokens/s, step time, compile time (and whether the
-second step compiled again), peak memory of the compiled step (XLA's buffer assignment:
-arguments + outputs + temporaries), model FLOP/s and its fraction of this machine's float32
-matmul peak, measured in the same run with a 2048³ matrix product. Model FLOPs count the
-matrix multiplies of a training step: 6 per parameter-token of every dense layer (2 forward,
-4 backward) plus 12·L·D per token per layer for attention scores and values; XLA's own count
-of the compiled step is printed beside it as a check. A last table gives the time of one
-reverse step when generating 16 samples of length 256 with the default sampler.
+Data are random tokens of each shape's vocabulary, so no data set is needed. For each shape:
+parameters, tokens/s per device, step time, compile time, peak device memory of the compiled step (XLA's buffer assignment: arguments + outputs +
+temporaries - donated aliases), model FLOPs per token, counted (6 per parameter-token of
+every dense layer applied per token, i.e. 2 forward + 4 backward, plus 12·L·D per token per
+layer for attention scores and values) and as XLA's cost analysis counts them, achieved
+FLOP/s, and that as a fraction of this device's peak measured in the same run with a large
+matrix product in the compute dtype (model FLOP utilisation, MFU).
+
+--sweep adds, for each sequence length in --sweep_lengths with and without remat, the
+largest batch whose compiled step fits in the device's memory (found from the compiled
+memory of two batch sizes, which grows linearly in the batch, then confirmed by running
+steps at that batch) and the speed there. The last table times one reverse sampling step.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -20,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,28 +39,66 @@ from md4 import train
 from md4.configs.md4 import shakespeare
 from md4.configs.md4 import text8
 
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed training steps per shape.')
 _ONLY = flags.DEFINE_list('only', ['default', '4L-256', 'text8'], 'Shapes to run.')
-_SAMPLE_STEPS = flags.DEFINE_integer('sample_steps', 32, 'Timed reverse steps.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed training steps per shape.')
+_BATCH = flags.DEFINE_integer('batch', None, 'Global batch size (default: the shape\'s).')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', None, 'Sequence length (default: the shape\'s).')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype.')
+_REMAT = flags.DEFINE_string('remat', None, 'network.remat_policy.')
+_SCAN = flags.DEFINE_bool('scan', None, 'network.scan_layers.')
+_ATTENTION = flags.DEFINE_string('attention', None, 'network.attention_impl.')
+_MESH = flags.DEFINE_list('mesh', None, 'data,fsdp,tensor sizes (-1: the rest); shards '
+                          'parameters by the config\'s axis_rules. Default: data parallel.')
+_SWEEP = flags.DEFINE_bool('sweep', False, 'Largest batch per length, with/without remat.')
+_SWEEP_LENGTHS = flags.DEFINE_list('sweep_lengths', ['256', '1024', '4096'], 'For --sweep.')
+_MEMORY_GB = flags.DEFINE_float(
+    'memory_gb', None, 'Device memory for --sweep (default: the device\'s limit; 16 on CPU).')
+_SAMPLE_STEPS = flags.DEFINE_integer('sample_steps', 32, 'Timed reverse steps (0: none).')
 
 
 def shapes():
+  """Name -> (config, vocabulary size)."""
   default = shakespeare.get_config()
   small = shakespeare.get_config()
   small.network.n_layers, small.network.num_heads, small.network.feature_dim = 4, 4, 64
   small.data.data_shape, small.batch_size = (256,), 16
   big = text8.get_config()
-  big.data.dataset, big.batch_size = 'shakespeare', 8  # text8's model, offline data
-  big.network.dropout_rate = 0.0
-  return {'default': default, '4L-256': small, 'text8': big}
+  big.batch_size, big.network.dropout_rate = 8, 0.0
+  md4_s = text8.get_config()  # MD4-S: text8's 12 x 768 network on GPT-2 tokens
+  md4_s.data.data_shape, md4_s.batch_size = (1024,), 32
+  md4_s.network.dropout_rate = 0.0
+  return {'default': (default, 84), '4L-256': (small, 84), 'text8': (big, 27),
+          'md4-s': (md4_s, 50257)}
 
 
-def matmul_peak(n=2048, repeats=10):
-  """Best float32 FLOP/s of an n³ matrix product."""
-  a = jax.random.normal(jax.random.key(0), (n, n))
+def apply_flags(config):
+  for value, section, key in ((_BATCH.value, config, 'batch_size'),
+                              (_DTYPE.value, config.network, 'dtype'),
+                              (_REMAT.value, config.network, 'remat_policy'),
+                              (_SCAN.value, config.network, 'scan_layers'),
+                              (_ATTENTION.value, config.network, 'attention_impl')):
+    if value is not None:
+      section[key] = value
+  if _SEQ_LEN.value:
+    config.data.data_shape = (_SEQ_LEN.value,)
+  config.num_microbatches = 1
+  return config
+
+
+def mesh_and_rules(config):
+  if _MESH.value is None:
+    return train.make_mesh(), train.DATA_PARALLEL_RULES
+  config.mesh_shape = tuple(int(s) for s in _MESH.value)
+  return train.sharding_setup(config, sharded=True)
+
+
+def matmul_peak(dtype):
+  """Best FLOP/s of one device's n³ matrix product in `dtype` (n = 8192 on accelerators)."""
+  n = 2048 if jax.default_backend() == 'cpu' else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
-  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(10))
   return 2 * n**3 / best
 
 
@@ -70,69 +116,151 @@ def model_flops_per_token(params, config):
   per_token = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     name = jax.tree_util.keystr(path)
-    # Per-token dense layers; embeddings are lookups and adaLN/time layers act per example.
-    if leaf.ndim == 2 and not any(k in name for k in ('embed', 'adaln', 'time_mlp')):
+    # Per-token products; embeddings are lookups and adaLN/time layers act per example.
+    if any(k in name for k in ('qkv', 'attn_out', 'mlp_in', 'mlp_out', 'logits')):
       per_token += leaf.size
   attention = 2 * 2 * seq_len * d * net.n_layers  # QKᵀ and PV, forward
   return 6 * per_token + 3 * attention
 
 
-def bench_train(name, config, peak):
-  info, splits = data.load_dataset(config.data)
-  model = train.build_model(config, info)
-  opt = optim.make_optimizer(config.opt, config.num_train_steps)
-  mesh = train.make_mesh()
-  example = jnp.zeros((1,) + info.data_shape, jnp.int32)
-  _, shardings, init_params = train.state_shardings(model, opt, mesh, False, example)
-  state = train.init_state(opt, init_params, shardings, jax.random.key(0))
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  step = train.jit_train_step(model, opt, config, shardings, batch_sharding)
-  batch = jax.device_put(
-      data.train_batch(splits['train'], 0, config.batch_size, 0), batch_sharding)
-  rng = jax.random.key(1)
+class Step:
+  """A shape's jitted train step on a mesh, compiled for one batch size."""
 
-  start = time.perf_counter()
-  compiled = step.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - start
-  mem = compiled.memory_analysis()
-  peak_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
-                mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-  xla_flops = compiled.cost_analysis().get('flops', float('nan'))
+  def __init__(self, config, vocab_size, mesh, rules):
+    self.config, self.mesh, self.rules = config, mesh, rules
+    self.info = data.DatasetInfo(vocab_size, tuple(config.data.data_shape), str, ())
+    self.model = train.build_model(config, self.info)
+    self.opt = optim.make_optimizer(config.opt, config.num_train_steps)
+    example = jnp.zeros((1,) + self.info.data_shape, jnp.int32)
+    with self.context():
+      self.abstract, self.shardings, self.init_params = train.state_shardings(
+          self.model, self.opt, mesh, rules, example)
+      self.fn = train.jit_train_step(self.model, self.opt, config, self.shardings,
+                                     train.batch_sharding(mesh))
 
-  state, metrics = step(state, batch, rng)  # compiles once (cached from lower above)
-  jax.block_until_ready(metrics)
-  cache_before = step._cache_size()  # pylint: disable=protected-access
-  state, metrics = step(state, batch, rng)
-  jax.block_until_ready(metrics)
-  recompiled = step._cache_size() != cache_before  # pylint: disable=protected-access
+  @contextlib.contextmanager
+  def context(self):
+    with jax.sharding.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
 
-  times = []
-  for _ in range(_STEPS.value):
+  def batch_struct(self, batch_size):
+    return jax.ShapeDtypeStruct((batch_size,) + self.info.data_shape, jnp.int32,
+                                sharding=train.batch_sharding(self.mesh))
+
+  def compile(self, batch_size):
+    """(compiled, seconds, peak bytes per device, XLA FLOPs per step)."""
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         self.abstract, self.shardings)
     start = time.perf_counter()
-    state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  step_s = float(np.median(times))
-  tokens = config.batch_size * info.data_shape[0]
-  flops = model_flops_per_token(state.params, config) * tokens
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    with self.context():
+      compiled = self.fn.lower(state, self.batch_struct(batch_size),
+                               jax.random.key(1)).compile()
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes -
+            mem.alias_size_in_bytes)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return compiled, seconds, peak, cost.get('flops', float('nan'))
+
+  def time(self, compiled, batch_size, steps):
+    """(median step seconds, parameters) of `steps` runs of `compiled` after a warm-up."""
+    with self.context():
+      state = train.init_state(self.opt, self.init_params, self.shardings,
+                               jax.random.key(0))
+      tokens = jax.random.randint(jax.random.key(2), (batch_size,) + self.info.data_shape,
+                                  0, self.info.vocab_size)
+      batch = jax.device_put(tokens, train.batch_sharding(self.mesh))
+      rng = jax.random.key(1)
+      state, metrics = compiled(state, batch, rng)
+      jax.block_until_ready(metrics)
+      times = []
+      for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch, rng)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), state.params
+
+
+def speed_row(name, step, batch_size, peak_flops, compiled_info=None):
+  compiled, compile_s, peak_bytes, xla_flops = compiled_info or step.compile(batch_size)
+  step_s, params = step.time(compiled, batch_size, _STEPS.value)
+  seq_len = step.info.data_shape[0]
+  tokens = batch_size * seq_len
+  n_dev = step.mesh.size
+  per_token = model_flops_per_token(params, step.config)
+  flops_per_device = per_token * tokens / n_dev
   return {
       'shape': name,
-      'params': f'{n_params / 1e6:.1f}M',
-      'batch x len': f'{config.batch_size} x {info.data_shape[0]}',
-      'tokens/s': f'{tokens / step_s:,.0f}',
-      'step ms': f'{1e3 * step_s:.0f}',
-      'compile s': f'{compile_s:.1f}' + (' (recompiled!)' if recompiled else ''),
-      'peak MiB': f'{peak_bytes / 2**20:,.0f}',
-      'model GFLOP/step': f'{flops / 1e9:.1f} (XLA {xla_flops / 1e9:.1f})',
-      'GFLOP/s': f'{flops / step_s / 1e9:.0f}',
-      'of matmul peak': f'{100 * flops / step_s / peak:.0f}%',
+      'params': f'{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M',
+      'batch x len': f'{batch_size} x {seq_len}',
+      'dtype / remat': f'{step.config.network.dtype} / {step.config.network.remat_policy}',
+      'tokens/s/device': f'{tokens / step_s / n_dev:,.0f}',
+      'step ms': f'{1e3 * step_s:.1f}',
+      'compile s': f'{compile_s:.1f}',
+      'peak GiB/device': f'{peak_bytes / 2**30:.2f}',
+      'model GFLOP/token (XLA)': f'{per_token / 1e9:.3f} ({xla_flops / tokens / 1e9:.3f})',
+      'TFLOP/s/device': f'{flops_per_device / step_s / 1e12:.2f}',
+      'MFU': f'{100 * flops_per_device / step_s / peak_flops:.1f}%',
   }
 
 
-def bench_sampling(name, config, num_samples=16, length=256):
+def device_memory():
+  if _MEMORY_GB.value:
+    return _MEMORY_GB.value * 2**30
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('bytes_limit', 16 * 2**30)
+
+
+def largest_batch(step, limit):
+  """Largest batch (a multiple of 8 per device) whose compiled step fits in `limit` bytes,
+  with its compilation; None if even the smallest does not fit."""
+  unit = 8 * train.batch_shards(step.mesh)
+  infos = {b: step.compile(b) for b in (unit, 2 * unit)}
+  if infos[unit][2] > limit:
+    return None
+  peaks = {b: info[2] for b, info in infos.items()}
+  per_example = (peaks[2 * unit] - peaks[unit]) / unit
+  fixed = peaks[unit] - per_example * unit
+  batch = max(unit, int((limit - fixed) / per_example) // unit * unit)
+  while batch > unit:
+    info = step.compile(batch)
+    if info[2] <= limit:
+      return batch, info
+    batch -= unit * max(1, batch // unit // 10)
+  return unit, infos[unit]
+
+
+def sweep_rows(name, vocab_size, peak_flops):
+  rows = []
+  limit = device_memory()
+  for seq_len in (int(s) for s in _SWEEP_LENGTHS.value):
+    for remat in ('none', 'full'):
+      config = apply_flags(shapes()[name][0])
+      config.data.data_shape = (seq_len,)
+      config.network.remat_policy = remat
+      mesh, rules = mesh_and_rules(config)
+      step = Step(config, vocab_size, mesh, rules)
+      found = largest_batch(step, limit)
+      if found is None:
+        rows.append({'shape': name, 'batch x len': f'none fits x {seq_len}',
+                     'dtype / remat': f'{config.network.dtype} / {remat}'})
+      else:
+        batch, info = found
+        try:
+          rows.append(speed_row(name, step, batch, peak_flops, info))
+        except jax.errors.JaxRuntimeError as e:  # out of memory despite the estimate
+          rows.append({'shape': name, 'batch x len': f'{batch} x {seq_len}',
+                       'dtype / remat': f'{config.network.dtype} / {remat}',
+                       'MFU': f'failed to run: {str(e)[:100]}'})
+      print_row(rows[-1])
+  return rows
+
+
+def bench_sampling(name, config, vocab_size, num_samples=16, length=256):
   config.data.data_shape = (length,)
-  info, _ = data.load_dataset(config.data)
+  info = data.DatasetInfo(vocab_size, (length,), str, ())
   model = train.build_model(config, info)
   params = model.init({'params': jax.random.key(0), 'sample': jax.random.key(0)},
                       jnp.zeros((1, length), jnp.int32))['params']
@@ -140,7 +268,7 @@ def bench_sampling(name, config, num_samples=16, length=256):
   for steps in (1, 1 + _SAMPLE_STEPS.value):
     config.sampling.timesteps = steps
     gen = jax.jit(sampling.make_generate_fn(model, config.sampling))
-    z = jnp.full((num_samples, length), info.vocab_size)
+    z = jnp.full((num_samples, length), vocab_size)
     gen(params, jax.random.key(0), z).block_until_ready()
     times[steps] = min(_timed(lambda: gen(params, jax.random.key(1), z).block_until_ready())
                        for _ in range(3))
@@ -150,23 +278,48 @@ def bench_sampling(name, config, num_samples=16, length=256):
           'ms per reverse step': f'{1e3 * per_step:.1f}'}
 
 
+def print_row(row):
+  """One finished row, for progress, before its table."""
+  print('  ' + ', '.join(f'{k}: {v}' for k, v in row.items()), flush=True)
+
+
 def print_table(rows):
-  keys = list(rows[0])
+  keys = list(dict.fromkeys(k for row in rows for k in row))
   print('| ' + ' | '.join(keys) + ' |')
   print('|' + '|'.join('---' for _ in keys) + '|')
   for row in rows:
-    print('| ' + ' | '.join(str(row[k]) for k in keys) + ' |')
-  print()
+    print('| ' + ' | '.join(str(row.get(k, '')) for k in keys) + ' |')
+  print(flush=True)
 
 
 def main(argv):
   del argv
-  peak = matmul_peak()
-  print(f'Machine: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax '
-        f'{jax.__version__}; float32 matmul peak {peak / 1e9:.0f} GFLOP/s\n')
-  configs = shapes()
-  print_table([bench_train(n, configs[n], peak) for n in _ONLY.value])
-  print_table([bench_sampling(n, shapes()[n]) for n in _ONLY.value if n != 'text8'])
+  all_shapes = shapes()
+  for name in _ONLY.value:
+    if name not in all_shapes:
+      raise app.UsageError(f'unknown shape {name!r}; choose from {sorted(all_shapes)}')
+  dtypes = {apply_flags(all_shapes[n][0]).network.dtype for n in _ONLY.value}
+  peaks = {d: matmul_peak(jnp.dtype(d)) for d in sorted(dtypes)}
+  device = jax.devices()[0]
+  print(f'Machine: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
+        f'{os.cpu_count()} host cores, jax {jax.__version__}; matmul peak per device: ' +
+        ', '.join(f'{d} {p / 1e12:.2f} TFLOP/s' for d, p in peaks.items()) + '\n',
+        flush=True)
+  rows = []
+  for name in _ONLY.value:
+    config, vocab_size = all_shapes[name]
+    config = apply_flags(config)
+    mesh, rules = mesh_and_rules(config)
+    step = Step(config, vocab_size, mesh, rules)
+    rows.append(speed_row(name, step, config.batch_size, peaks[config.network.dtype]))
+  print_table(rows)
+  if _SWEEP.value:
+    for name in _ONLY.value:
+      config, vocab_size = all_shapes[name]
+      print(f'Largest batch in {device_memory() / 2**30:.1f} GiB per device ({name}):')
+      print_table(sweep_rows(name, vocab_size, peaks[apply_flags(config).network.dtype]))
+  if _SAMPLE_STEPS.value:
+    print_table([bench_sampling(n, *all_shapes[n]) for n in _ONLY.value])
 
 
 if __name__ == '__main__':

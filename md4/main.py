@@ -2,6 +2,10 @@ r"""Trains and evaluates an MD4 model.
 
   python md4/main.py --config=md4/configs/md4/shakespeare.py --workdir=expt/shakespeare \
       [--config.key=value ...] [--sharded]
+
+Multi-host: run the same command on every host with --distributed (JAX then finds the
+coordinator on SLURM, Open MPI, TPU pods, or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+and JAX_PROCESS_ID), or with --coordinator_address, --num_processes and --process_id.
 """
 
 import logging as std_logging
@@ -15,6 +19,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only writes eve
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from md4 import train
@@ -25,6 +30,12 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metr
 _SHARDED = flags.DEFINE_bool(
     'sharded', False, 'Shard parameters and optimizer state over the devices (FSDP) '
     'instead of replicating them.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-host run through jax.distributed.initialize.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (implies --distributed).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,6 +45,10 @@ def main(argv):
   # Orbax logs every checkpoint step at INFO; keep its warnings only.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if jax.process_index() != 0:  # process 0 logs; the others only warn
+    logging.set_verbosity(logging.WARNING)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, sharded=_SHARDED.value)
 
 

@@ -1,10 +1,12 @@
 """Training and evaluation: one jitted loop for one device or a mesh of many.
 
 Data flows config -> (dataset, model, optimizer, mesh) -> `train_step` under `jax.jit` with
-`NamedSharding`s -> metrics, checkpoints and samples in the workdir. The batch is split over
-the mesh's 'data' axis; parameters are replicated, or sharded FSDP-style over 'data' along
-their 'embed' dimension with `sharded=True`. Randomness is a pure function of (seed, step),
-and so is the data, so a run restarted from a checkpoint continues exactly.
+`NamedSharding`s -> metrics, checkpoints and samples in the workdir. The mesh has axes
+(data, fsdp, tensor). By default every device is on 'data' and parameters are replicated;
+with `sharded=True` the mesh takes `config.mesh_shape` and parameters, optimizer state and
+activations shard by `config.axis_rules`, which map the networks' logical axis names to mesh
+axes. The batch always splits over data x fsdp. Randomness is a pure function of (seed,
+step), and so is the data, so a run restarted from a checkpoint continues exactly.
 """
 
 import functools
@@ -15,8 +17,6 @@ import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import flax
 import flax.linen as nn
 import jax
@@ -33,9 +33,10 @@ from md4 import networks
 from md4 import optim
 from md4 import sampling
 
-# Logical parameter axis -> mesh axis. Replicated: every axis unsharded.
-REPLICATED_RULES = ()
-FSDP_RULES = (('embed', 'data'),)
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # the batch dimension splits over both
+# Logical axis -> mesh axes without --sharded: only the batch splits.
+DATA_PARALLEL_RULES = (('batch', BATCH_AXES),)
 
 
 @flax.struct.dataclass
@@ -57,10 +58,39 @@ def build_model(config, info: data.DatasetInfo):
       **config.model)
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over every device, axis 'data'."""
+def make_mesh(shape=None, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh of `shape` (one entry may be -1); None: all on 'data'."""
   devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ('data',))
+  n = len(devices)
+  shape = (n, 1, 1) if shape is None else tuple(int(s) for s in shape)
+  if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f'mesh_shape {shape} should give the sizes of {MESH_AXES}, positive'
+                     ' or -1 (the remaining devices) for at most one of them')
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape and n % known == 0:
+    shape = tuple(n // known if s == -1 else s for s in shape)
+  if math.prod(shape) != n:
+    raise ValueError(f'mesh_shape {shape} does not use the {n} devices; make the sizes'
+                     ' multiply to the device count or set one to -1')
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def sharding_setup(config, sharded):
+  """The mesh and the logical-axis rules of a run (see config.mesh_shape/axis_rules)."""
+  if not sharded:
+    return make_mesh(), DATA_PARALLEL_RULES
+  return make_mesh(config.mesh_shape), tuple(
+      (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+      for name, axes in config.axis_rules)
+
+
+def batch_sharding(mesh):
+  """Leading (batch) dimension split over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def batch_shards(mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 # ---------------------------------------------------------------------------- steps
@@ -120,11 +150,11 @@ def train_step(model, optimizer, config, state, batch, rng):
   return new_state, metrics
 
 
-def jit_train_step(model, optimizer, config, shardings, batch_sharding):
+def jit_train_step(model, optimizer, config, shardings, data_sharding):
   """train_step under jit, state and batch in their shardings, the state's buffers donated."""
   return jax.jit(
       functools.partial(train_step, model, optimizer, config),
-      in_shardings=(shardings, batch_sharding, None),
+      in_shardings=(shardings, data_sharding, None),
       out_shardings=(shardings, None), donate_argnums=0)
 
 
@@ -146,16 +176,21 @@ def _fit_to_shape(spec: P, shape, mesh: Mesh) -> P:
   return P(*fitted)
 
 
-def state_shardings(model, optimizer, mesh, sharded, example_batch):
-  """Abstract TrainState and its NamedShardings (parameters by logical-axis rules)."""
-  rules = FSDP_RULES if sharded else REPLICATED_RULES
+def state_shardings(model, optimizer, mesh, rules, example_batch):
+  """Abstract TrainState and its NamedShardings (parameters by logical-axis rules).
+
+  The EMA and every optimizer-state leaf that mirrors a parameter take that parameter's
+  sharding; scalars (counts) are replicated.
+  """
 
   def init_params(rng):
     return model.init({'params': rng, 'sample': rng, 'dropout': rng},
                       example_batch)['params']
 
   boxed = jax.eval_shape(init_params, jax.random.key(0))
-  params = nn.unbox(boxed)
+  params = jax.tree.map(  # unboxed without the sharding constraint nn.unbox would add
+      lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
+      boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   logical = nn.get_partition_spec(boxed)
   param_sh = jax.tree.map(
       lambda spec, p: NamedSharding(
@@ -207,7 +242,10 @@ def restore_or_init(manager, optimizer, abstract, shardings, init_params, rng):
 
 
 def validate_config(config, num_devices):
-  """Raises ValueError for values that cannot run, naming the key and the fix."""
+  """Raises ValueError for values that cannot run, naming the key and the fix.
+
+  num_devices: how many ways the batch splits (the mesh's data x fsdp size).
+  """
   def check(ok, message):
     if not ok:
       raise ValueError(message)
@@ -251,14 +289,14 @@ class JsonlWriter:
 
 def evaluate(eval_fn, params, splits, info, config, mesh, rng):
   """ELBO terms on every full batch of every eval split: {'{split}_{term}': mean}."""
-  batch_sharding = NamedSharding(mesh, P('data'))
+  sharding = batch_sharding(mesh)
   results = {}
   for split in info.eval_splits:
     sums, n = {}, 0
     for i, local in enumerate(data.eval_batches(
         splits[split], config.eval_batch_size, jax.process_index(),
         jax.process_count())):
-      batch = jax.make_array_from_process_local_data(batch_sharding, local)
+      batch = jax.make_array_from_process_local_data(sharding, local)
       metrics = eval_fn(params, batch, jax.random.fold_in(rng, i))
       sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
       n += 1
@@ -284,9 +322,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the final eval metrics (bits per token).
   """
+  mesh, rules = sharding_setup(config, sharded)
+  # Tracing inside this context applies the networks' activation sharding constraints.
+  with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return _train_and_evaluate(config, workdir, mesh, rules)
+
+
+def _train_and_evaluate(config, workdir, mesh, rules):
+  # clu's writers import TensorFlow; only the loop needs them.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
   start_time = time.time()
-  mesh = make_mesh()
-  validate_config(config, mesh.size)
+  validate_config(config, batch_shards(mesh))
   info, splits = data.load_dataset(config.data)
   model = build_model(config, info)
   optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
@@ -297,26 +345,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rng = jax.random.key(config.seed)
   init_rng, train_rng, eval_rng, sample_rng = (
       jax.random.fold_in(rng, i) for i in range(4))
-  batch_sharding = NamedSharding(mesh, P('data'))
+  data_sharding = batch_sharding(mesh)
   example = jax.numpy.zeros((1,) + info.data_shape, jax.numpy.int32)
 
   manager = make_checkpoint_manager(workdir, config)
-  abstract, shardings, init_params = state_shardings(model, optimizer, mesh, sharded,
+  abstract, shardings, init_params = state_shardings(model, optimizer, mesh, rules,
                                                      example)
   state = restore_or_init(manager, optimizer, abstract, shardings, init_params, init_rng)
   start_step = int(state.step)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info('Model: %d parameters; vocab %d; data shape %s; %d devices; start step %d',
-               num_params, info.vocab_size, info.data_shape, mesh.size, start_step)
+  logging.info('Model: %d parameters; vocab %d; data shape %s; mesh %s; start step %d',
+               num_params, info.vocab_size, info.data_shape, dict(mesh.shape), start_step)
 
-  p_train_step = jit_train_step(model, optimizer, config, shardings, batch_sharding)
+  p_train_step = jit_train_step(model, optimizer, config, shardings, data_sharding)
   p_eval_step = jax.jit(functools.partial(eval_step, model))
   p_generate = jax.jit(
       lambda params, rng: generate(
           params, rng,
           model.apply({'params': params}, rng, config.sampling.num_samples,
                       method=model.sample_prior)),
-      out_shardings=batch_sharding)
+      out_shardings=data_sharding)
 
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
@@ -330,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for step in range(start_step, config.num_train_steps):
       local = data.train_batch(splits['train'], step, config.batch_size, config.seed,
                                jax.process_index(), jax.process_count())
-      yield jax.make_array_from_process_local_data(batch_sharding, local)
+      yield jax.make_array_from_process_local_data(data_sharding, local)
 
   train_iter = data.prefetch(batches())
   history, eval_metrics = [], {}
@@ -371,8 +419,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             eval_rng)
   summary = ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())
                       if k.endswith('_loss'))
-  print(f'Final eval at step {step} (bits per token, EMA parameters, '
-        f'{time.time() - start_time:.0f} s): {summary}', flush=True)
+  if is_main:
+    print(f'Final eval at step {step} (bits per token, EMA parameters, '
+          f'{time.time() - start_time:.0f} s): {summary}', flush=True)
   return eval_metrics
 
 

@@ -76,7 +76,7 @@ def test_init_scales_and_logical_axes():
   boxed = net.init(jax.random.key(0), jnp.zeros((B, L), jnp.int32), jnp.zeros((B,)))
   specs = nn.get_partition_spec(boxed)['params']
   assert tuple(specs['embed']['embedding']) == ('vocab', 'embed')
-  assert tuple(specs['block_0']['mlp_in']['kernel']) == ('embed', 'mlp')
+  assert tuple(specs['block_0']['mlp_in']['kernel']) == ('embed', None, 'mlp')
   params = nn.unbox(boxed)['params']
   out = np.asarray(params['block_3']['attn_out']['kernel'])
   assert out.std() == pytest.approx(0.02 / math.sqrt(2 * n_layers), rel=0.05)
@@ -98,3 +98,68 @@ def test_unknown_options(key, value):
 def test_unknown_network():
   with pytest.raises(ValueError, match="unknown network 'rnn'"):
     build_network({'type': 'rnn'}, V)
+
+
+def _loss_and_grads(net, variables, z, t):
+  f = lambda v: (net.apply(v, z, t, train=True, rngs={'dropout': jax.random.key(5)}) ** 2
+                 ).mean()
+  return jax.jit(jax.value_and_grad(f))(variables)
+
+
+def _stacked(params):
+  """Unscanned parameters (block_0, block_1, ...) as the scanned layout ('blocks', [n, ...])."""
+  blocks = sorted(k for k in params if k.startswith('block_'))
+  rest = {k: v for k, v in params.items() if k not in blocks}
+  return {**rest, 'blocks': jax.tree.map(lambda *xs: jnp.stack(xs),
+                                         *[params[k] for k in blocks])}
+
+
+def _assert_close(tree_a, tree_b):
+  for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_remat_and_scan_compute_the_same_function():
+  """Remat changes what is stored, scan how layers are laid out; neither the numbers."""
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  t = jnp.array([0.2, 0.9])
+  params = _perturbed(_init(_net())['params'])
+  ref_loss, ref_grads = _loss_and_grads(_net(), {'params': params}, z, t)
+  for kw in ({'remat_policy': 'dots'}, {'scan_layers': True, 'remat_policy': 'full'}):
+    net = _net(**kw)
+    v = {'params': params}
+    expected = ref_grads
+    if kw.get('scan_layers'):
+      v, expected = {'params': _stacked(params)}, {'params': _stacked(ref_grads['params'])}
+      assert (jax.tree.map(jnp.shape, v['params']) ==
+              jax.tree.map(jnp.shape, _init(net)['params']))
+    loss, grads = _loss_and_grads(net, v, z, t)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    _assert_close(grads, expected)
+  # With dropout, remat replays the same dropout masks in the backward pass.
+  loss, grads = _loss_and_grads(_net(dropout_rate=0.1), {'params': params}, z, t)
+  loss_r, grads_r = _loss_and_grads(_net(dropout_rate=0.1, remat_policy='full'),
+                                    {'params': params}, z, t)
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-5)
+  _assert_close(grads_r, grads)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  t = jnp.array([0.2, 0.9])
+  variables = {'params': _perturbed(_init(_net())['params'])}
+  net16 = _net(dtype='bfloat16')
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(_init(net16)))
+  logits16 = net16.apply(variables, z, t)
+  logits32 = _net().apply(variables, z, t)
+  assert logits16.dtype == jnp.float32
+  scale = float(jnp.abs(logits32).max())
+  np.testing.assert_allclose(logits16, logits32, atol=0.05 * scale)  # bfloat16: ~3 digits
+  assert float(jnp.abs(logits16 - logits32).max()) > 0  # it did compute in bfloat16
+
+
+@pytest.mark.parametrize('key,value', [('dtype', 'float16'), ('remat_policy', 'some'),
+                                       ('attention_impl', 'flash')])
+def test_unknown_precision_remat_and_attention_options_are_rejected(key, value):
+  with pytest.raises(ValueError, match=f'unknown {key} {value!r}'):
+    _net(**{key: value})

@@ -35,6 +35,28 @@ def get_config() -> ml_collections.ConfigDict:
   config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
   config.network.dropout_rate = 0.0
   config.network.depth_scaled_init = True  # residual outputs init std 0.02/sqrt(2 n_layers)
+  # Compute dtype, 'float32' or 'bfloat16' (accelerators); parameters, optimizer state,
+  # logits and the loss stay float32.
+  config.network.dtype = 'float32'
+  config.network.remat_policy = 'none'  # recompute blocks in the backward pass: 'none', 'full', 'dots'
+  config.network.scan_layers = False  # scan one block over depth: compile time flat in n_layers
+  # jax.nn.dot_product_attention kernel: 'auto' (cuDNN on GPUs in bfloat16), 'xla', 'cudnn'
+  config.network.attention_impl = 'auto'
+
+  # Sharding with --sharded (without it: data parallel over every device, parameters
+  # replicated). Mesh axes (data, fsdp, tensor); one size may be -1, "the remaining devices".
+  config.mesh_shape = (1, -1, 1)
+  # Logical axis (named by the networks' parameters and activations) -> mesh axes.
+  # The batch splits over data x fsdp; parameters shard along 'embed' (or the time
+  # embedding's 'cond') over fsdp (FSDP), and along heads / MLP / vocabulary over tensor
+  # (Megatron-style). A mesh axis serves one dimension of a tensor; later rules that
+  # would reuse it are skipped.
+  config.axis_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('embed', 'fsdp'), ('cond', 'fsdp'),
+      ('heads', 'tensor'), ('mlp', 'tensor'), ('vocab', 'tensor'),
+      ('act_heads', 'tensor'), ('act_mlp', 'tensor'), ('act_vocab', 'tensor'),
+  )
 
   config.opt = ml_collections.ConfigDict()  # AdamW with b1 = 0.9
   config.opt.learning_rate = 3e-4  # peak

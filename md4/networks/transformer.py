@@ -11,6 +11,7 @@ Shapes: B batch, L length, D = num_heads·feature_dim width, H heads, K = featur
 F MLP width, V vocabulary.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -25,23 +26,55 @@ MLP_ACTIVATIONS = {
 COND_TYPES = ('adaln', 'adaln_zero')
 TIME_FEATURES = ('t', 'none')
 MLP_MULTIPLE = 128  # F = 8D/3 rounded up to a multiple of this
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# What a rematerialised block keeps from its forward pass for the backward pass.
+# Attention kernel for jax.nn.dot_product_attention: 'auto' picks cuDNN's fused kernel on
+# GPUs in 16-bit compute, else XLA's.
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+REMAT_POLICIES = {
+    'none': None,  # no remat: keep every activation
+    'full': jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
 
 
-def _dense(features, axes, std=0.02, name=None, zero=False):
+def _dense(features, axes, dtype, std=0.02, name=None, zero=False, **kwargs):
   init = nn.initializers.zeros if zero else nn.initializers.normal(std)
   return nn.Dense(
       features,
       use_bias=False,
+      dtype=dtype,
+      param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(init, axes),
+      name=name,
+      **kwargs)
+
+
+def _fused(shape, einsum_str, axes, dtype, name):
+  """Several projections of x in one kernel of `shape` [D, n, ...], one product per output."""
+  return nn.Einsum(
+      shape,
+      einsum_str,
+      use_bias=False,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
       name=name)
 
 
-def _rms_norm(name):
+def _rms_norm(name, dtype):
   return nn.RMSNorm(
       epsilon=1e-6,
+      dtype=dtype,
+      param_dtype=jnp.float32,
       use_scale=True,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
       name=name)
+
+
+def _constrain(x, axes):
+  """Pins an activation's sharding by logical axis names (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, axes)
 
 
 def sinusoidal_embedding(t, dim, max_period=10_000.0):
@@ -76,17 +109,21 @@ class Block(nn.Module):
   cond_type: str
   dropout_rate: float
   out_std: float
+  dtype: jnp.dtype
+  attention_impl: str
 
   @nn.compact
   def __call__(self, x, cond, train):  # x [B, L, D], cond [B, C] or None
     b, l, d = x.shape
+    dense = functools.partial(_dense, dtype=self.dtype)
+    x = _constrain(x, ('batch', 'length', 'act_embed'))
     h, k = self.num_heads, self.feature_dim
     if cond is None:
       shift1 = scale1 = shift2 = scale2 = jnp.zeros((b, d), x.dtype)
       gate1 = gate2 = 1.0
     else:
       n_mod = 6 if self.cond_type == 'adaln_zero' else 4
-      mods = _dense(n_mod * d, ('cond', 'embed'), zero=True, name='adaln')(
+      mods = dense(n_mod * d, ('cond', 'embed'), zero=True, name='adaln')(
           nn.silu(cond))
       mods = jnp.split(mods, n_mod, axis=-1)
       shift1, scale1, shift2, scale2 = mods[:4]
@@ -94,26 +131,41 @@ class Block(nn.Module):
                       if n_mod == 6 else (1.0, 1.0))
 
     # Attention.
-    y = modulate(_rms_norm('attn_norm')(x), shift1, scale1)
-    qkv = _dense(3 * h * k, ('embed', 'heads'), name='qkv')(y)
-    q, kk, v = jnp.split(qkv.reshape(b, l, 3 * h, k), 3, axis=2)  # [B, L, H, K]
+    y = modulate(_rms_norm('attn_norm', self.dtype)(x), shift1, scale1)
+    qkv = _fused((d, 3, h, k), 'bld,dthk->blthk', ('embed', None, 'heads', None),
+                 self.dtype, 'qkv')(y)
+    qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
+    q, kk, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, K]
     positions = jnp.arange(l, dtype=jnp.float32)
-    q, kk = rotary(q, positions), rotary(kk, positions)
-    y = jax.nn.dot_product_attention(q, kk, v)  # bidirectional, [B, L, H, K]
-    y = _dense(d, ('heads', 'embed'), self.out_std, name='attn_out')(
+    q, kk = rotary(q, positions).astype(v.dtype), rotary(kk, positions).astype(v.dtype)
+    impl = self.attention_impl
+    if impl == 'auto':
+      impl = ('cudnn' if jax.default_backend() == 'gpu' and self.dtype == jnp.bfloat16
+              else 'xla')
+    y = jax.nn.dot_product_attention(q, kk, v, implementation=impl)  # bidirectional
+    y = dense(d, ('heads', 'embed'), std=self.out_std, name='attn_out')(
         y.reshape(b, l, h * k))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x = x + gate1 * y
 
     # Gated MLP.
     f = MLP_MULTIPLE * math.ceil(8 * d / 3 / MLP_MULTIPLE)
-    y = modulate(_rms_norm('mlp_norm')(x), shift2, scale2)
-    gate, up = jnp.split(_dense(2 * f, ('embed', 'mlp'), name='mlp_in')(y), 2,
-                         axis=-1)
+    y = modulate(_rms_norm('mlp_norm', self.dtype)(x), shift2, scale2)
+    y = _fused((d, 2, f), 'bld,dtf->bltf', ('embed', None, 'mlp'), self.dtype, 'mlp_in')(y)
+    y = _constrain(y, ('batch', 'length', None, 'act_mlp'))  # [B, L, 2, F]
+    gate, up = y[:, :, 0], y[:, :, 1]
     y = MLP_ACTIVATIONS[self.mlp_type](gate) * up  # [B, L, F]
-    y = _dense(d, ('mlp', 'embed'), self.out_std, name='mlp_out')(y)
+    y = dense(d, ('mlp', 'embed'), std=self.out_std, name='mlp_out')(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     return x + gate2 * y
+
+
+class ScannedBlock(Block):
+  """A Block with nn.scan's (carry, x) -> (carry, y) signature; `train` is an attribute."""
+  train: bool = False
+
+  def __call__(self, x, cond):
+    return super().__call__(x, cond, self.train), None
 
 
 class Transformer(nn.Module):
@@ -128,12 +180,19 @@ class Transformer(nn.Module):
   dropout_rate: float = 0.0
   depth_scaled_init: bool = True  # residual output layers std 0.02/√(2·n_layers)
   cond_dim: int = 128  # width C of the time embedding that drives adaLN
+  dtype: str = 'float32'  # compute dtype (see DTYPES); parameters and logits stay float32
+  remat_policy: str = 'none'  # see REMAT_POLICIES
+  scan_layers: bool = False  # one scanned block: compile time flat in depth
+  attention_impl: str = 'auto'  # see ATTENTION_IMPLS
 
   def __post_init__(self):
     for value, allowed, key in ((self.mlp_type, MLP_ACTIVATIONS, 'mlp_type'),
                                 (self.cond_type, COND_TYPES, 'cond_type'),
                                 (self.time_features, TIME_FEATURES,
-                                 'time_features')):
+                                 'time_features'),
+                                (self.dtype, DTYPES, 'dtype'),
+                                (self.remat_policy, REMAT_POLICIES, 'remat_policy'),
+                                (self.attention_impl, ATTENTION_IMPLS, 'attention_impl')):
       if value not in allowed:
         raise ValueError(
             f'unknown {key} {value!r}; choose from {sorted(allowed)}')
@@ -142,9 +201,13 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, z, t, train=False):  # z [B, L] int, t [B] -> [B, L, V]
     d = self.num_heads * self.feature_dim
+    dtype = DTYPES[self.dtype]
+    dense = functools.partial(_dense, dtype=dtype)
     x = nn.Embed(
         self.vocab_size + 1,
         d,
+        dtype=dtype,
+        param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(0.02), ('vocab', 'embed')),
         name='embed')(z)  # [B, L, D]
@@ -152,20 +215,37 @@ class Transformer(nn.Module):
     cond = None
     if self.time_features == 't':
       cond = sinusoidal_embedding(t, self.cond_dim)  # [B, C]
-      cond = _dense(self.cond_dim, (None, 'cond'), name='time_mlp_in')(cond)
-      cond = _dense(self.cond_dim, (None, 'cond'), name='time_mlp_out')(nn.silu(cond))
+      cond = dense(self.cond_dim, (None, 'cond'), name='time_mlp_in')(cond)
+      cond = dense(self.cond_dim, (None, 'cond'), name='time_mlp_out')(nn.silu(cond))
 
     out_std = 0.02 / math.sqrt(2 * self.n_layers) if self.depth_scaled_init else 0.02
-    for i in range(self.n_layers):
-      x = Block(self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
-                self.dropout_rate, out_std, name=f'block_{i}')(x, cond, train)
+    block_args = (self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
+                  self.dropout_rate, out_std, dtype, self.attention_impl)
+    policy = REMAT_POLICIES[self.remat_policy]
+    if self.scan_layers:
+      block = ScannedBlock
+      if self.remat_policy != 'none':
+        block = nn.remat(block, policy=policy, prevent_cse=False)
+      x, _ = nn.scan(
+          block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+          in_axes=nn.broadcast, length=self.n_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'})(
+              *block_args, train=train, name='blocks')(x, cond)
+    else:
+      block = Block
+      if self.remat_policy != 'none':
+        block = nn.remat(block, policy=policy, static_argnums=(3,))
+      for i in range(self.n_layers):
+        x = block(*block_args, name=f'block_{i}')(x, cond, train)
 
-    x = _rms_norm('final_norm')(x)
+    x = _rms_norm('final_norm', dtype)(x)
     if cond is not None:
       shift, scale = jnp.split(
-          _dense(2 * d, ('cond', 'embed'), zero=True, name='final_adaln')(
+          dense(2 * d, ('cond', 'embed'), zero=True, name='final_adaln')(
               nn.silu(cond)), 2, axis=-1)
       x = modulate(x, shift, scale)
-    logits = _dense(self.vocab_size, ('embed', 'vocab'), zero=True,
-                    name='logits')(x)
-    return logits.astype(jnp.float32)
+    # float32 logits: the product runs in the compute dtype and accumulates in float32.
+    logits = dense(self.vocab_size, ('embed', 'vocab'), zero=True, name='logits',
+                   dot_general=functools.partial(jax.lax.dot_general,
+                                                 preferred_element_type=jnp.float32))(x)
+    return _constrain(logits.astype(jnp.float32), ('batch', 'length', 'act_vocab'))
