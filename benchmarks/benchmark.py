@@ -63,7 +63,7 @@ def shapes():
   small.network.n_layers, small.network.num_heads, small.network.feature_dim = 4, 4, 64
   small.data.data_shape, small.batch_size = (256,), 16
   big = text8.get_config()
-  big.batch_size, big.network.dropout_rate = 8, 0.0
+  big.batch_size, big.network.dropout_rate, big.network.dtype = 8, 0.0, 'float32'
   md4_s = text8.get_config()  # MD4-S: text8's 12 x 768 network on GPT-2 tokens
   md4_s.data.data_shape, md4_s.batch_size = (1024,), 32
   md4_s.network.dropout_rate = 0.0

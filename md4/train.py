@@ -79,9 +79,16 @@ def sharding_setup(config, sharded):
   """The mesh and the logical-axis rules of a run (see config.mesh_shape/axis_rules)."""
   if not sharded:
     return make_mesh(), DATA_PARALLEL_RULES
-  return make_mesh(config.mesh_shape), tuple(
-      (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-      for name, axes in config.axis_rules)
+  rules = []
+  for rule in config.axis_rules:
+    name, axes = rule
+    axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+    unknown = set((axes,) if isinstance(axes, str) else axes or ()) - set(MESH_AXES)
+    if unknown:
+      raise ValueError(f'config.axis_rules maps {name!r} to unknown mesh axes '
+                       f'{sorted(unknown)}; use {MESH_AXES}')
+    rules.append((name, axes))
+  return make_mesh(config.mesh_shape), tuple(rules)
 
 
 def batch_sharding(mesh):

@@ -189,3 +189,12 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
   assert {k: v for k, v in single.items() if k in two} == pytest.approx(two, rel=1e-4)
   for a, b in zip(_restore_params(tmp_path / 'two', 3), _restore_params(tmp_path / 'one', 3)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_axis_rules_must_name_mesh_axes():
+  config = shakespeare.get_config()
+  config.axis_rules = (('batch', ('data', 'fsdp')), ('embed', 'model'))
+  with pytest.raises(ValueError, match="'embed' to unknown mesh axes \\['model'\\]"):
+    train.sharding_setup(config, sharded=True)
+  mesh, rules = train.sharding_setup(shakespeare.get_config(), sharded=False)
+  assert rules == train.DATA_PARALLEL_RULES and mesh.shape['data'] == jax.device_count()
