@@ -242,7 +242,13 @@ def restore_or_init(manager, optimizer, abstract, shardings, init_params, rng):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
       shardings)
   logging.info('Restoring checkpoint at step %d from %s', step, manager.directory)
-  return manager.restore(step, args=ocp.args.StandardRestore(target))
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+  except ValueError as e:
+    raise ValueError(
+        f'the checkpoint at step {step} in {manager.directory} does not match the state of '
+        'this config (a different model, network or optimizer?); resume with the config '
+        f'it was trained with, or use a new --workdir. Orbax said: {str(e)[:2000]}') from e
 
 
 # ------------------------------------------------------------------------ validation

@@ -158,6 +158,9 @@ def test_resume_continues_exactly(tmp_path):
   for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   assert int(resumed['step']) == 6
+  # A different model in the same workdir is refused with a message saying what to do.
+  with pytest.raises(ValueError, match='does not match the state of this config'):
+    train.train_and_evaluate(tiny_config(**{'network.n_layers': 2}), str(killed))
 
 
 def test_train_writes_metrics_samples_and_checkpoints(tmp_path):
