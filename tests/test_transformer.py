@@ -163,3 +163,20 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
 def test_unknown_precision_remat_and_attention_options_are_rejected(key, value):
   with pytest.raises(ValueError, match=f'unknown {key} {value!r}'):
     _net(**{key: value})
+
+
+def test_float32_logits_gradient():
+  """The output product's hand-written backward pass against autodiff of a plain product."""
+  from md4.networks.transformer import float32_logits
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 5))
+  g = jax.random.normal(jax.random.key(2), (2, 3, 5))
+  f = lambda fn: jax.grad(lambda x, w: (fn(x, w) * g).sum(), argnums=(0, 1))(x, w)
+  ours, plain = f(float32_logits), f(lambda x, w: x @ w)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  assert float32_logits(xb, wb).dtype == jnp.float32
+  dx, dw = jax.grad(lambda x, w: (float32_logits(x, w) * g).sum(), argnums=(0, 1))(xb, wb)
+  assert dx.dtype == dw.dtype == jnp.bfloat16
+  np.testing.assert_allclose(dx.astype(jnp.float32), plain[0], rtol=0.05, atol=0.05)

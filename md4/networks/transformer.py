@@ -62,6 +62,45 @@ def _fused(shape, einsum_str, axes, dtype, name):
       name=name)
 
 
+@jax.custom_vjp
+def float32_logits(x, w):
+  """x [..., D] · w [D, V] in their (compute) dtype, accumulated and returned in float32.
+
+  The backward products also run in the compute dtype: the float32 cotangent is rounded to
+  it first, so a bfloat16 model never falls back to float32 products for its largest layer.
+  """
+  return jnp.einsum('...d,dv->...v', x, w, preferred_element_type=jnp.float32)
+
+
+def _float32_logits_fwd(x, w):
+  return float32_logits(x, w), (x, w)
+
+
+def _float32_logits_bwd(residuals, g):  # g [..., V] float32
+  x, w = residuals
+  g = g.astype(x.dtype)
+  dx = jnp.einsum('...v,dv->...d', g, w, preferred_element_type=jnp.float32)
+  dw = jnp.einsum('...d,...v->dv', x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]),
+                  preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+float32_logits.defvjp(_float32_logits_fwd, _float32_logits_bwd)
+
+
+class Logits(nn.Module):
+  """The zero-initialised output layer: [..., D] -> float32 logits [..., V]."""
+  vocab_size: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param(
+        'kernel', nn.with_logical_partitioning(nn.initializers.zeros, ('embed', 'vocab')),
+        (x.shape[-1], self.vocab_size), jnp.float32)
+    return float32_logits(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
 def _rms_norm(name, dtype):
   return nn.RMSNorm(
       epsilon=1e-6,
@@ -244,8 +283,5 @@ class Transformer(nn.Module):
           dense(2 * d, ('cond', 'embed'), zero=True, name='final_adaln')(
               nn.silu(cond)), 2, axis=-1)
       x = modulate(x, shift, scale)
-    # float32 logits: the product runs in the compute dtype and accumulates in float32.
-    logits = dense(self.vocab_size, ('embed', 'vocab'), zero=True, name='logits',
-                   dot_general=functools.partial(jax.lax.dot_general,
-                                                 preferred_element_type=jnp.float32))(x)
-    return _constrain(logits.astype(jnp.float32), ('batch', 'length', 'act_vocab'))
+    logits = Logits(self.vocab_size, dtype, name='logits')(x)  # [B, L, V] float32
+    return _constrain(logits, ('batch', 'length', 'act_vocab'))
