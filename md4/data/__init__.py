@@ -1,7 +1,8 @@
 """The data pipeline: one entry point that dispatches on the dataset name.
 
-`load_dataset(config.data)` returns a `DatasetInfo` and every split as one int32
-array `[N, *data_shape]`. Batches are plain row selections of those arrays:
+`load_dataset(config.data)` returns a `DatasetInfo` and every split as one integer
+array `[N, *data_shape]` (large ones memory-mapped). Batches are plain row selections of
+those arrays, converted to int32:
 `train_batch` is a pure function of (seed, step), so resuming from a checkpoint
 needs only the step, and `eval_batches` walks a split in order.
 """
@@ -14,6 +15,7 @@ import threading
 
 import numpy as np
 
+from md4.data import openwebtext
 from md4.data import text
 
 
@@ -30,11 +32,13 @@ DATASETS = {
     'shakespeare': lambda c: text.shakespeare(c.data_shape[0]),
     'text8': lambda c: text.text8(c.data_dir, c.data_shape[0]),
     'array': lambda c: text.array(c.data_dir, c.data_shape[0], c.vocab_size),
+    'openwebtext': lambda c: openwebtext.openwebtext(c.data_dir, c.data_shape[0]),
+    'fineweb_edu': lambda c: openwebtext.fineweb_edu(c.data_dir, c.data_shape[0]),
 }
 
 
 def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
-  """Info and {'train': [N, *data_shape], <each eval split>: ...}, all int32."""
+  """Info and {'train': [N, *data_shape], <each eval split>: ...}, integer arrays."""
   name = data_config.dataset
   if name not in DATASETS:
     raise ValueError(f'unknown dataset {name!r}; choose from {sorted(DATASETS)}')
