@@ -4,14 +4,19 @@ The preparation runs on Shakespeare's works (one .txt document per work) through
 code path as OpenWebText.
 """
 
+import importlib
 import json
 import shutil
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from md4 import data
+from md4 import optim
+from md4 import train
 from md4.data import openwebtext
 from md4.data import text
 from md4.data import tokenizer
@@ -197,3 +202,61 @@ def test_fineweb_edu_trains_on_its_own_data_and_evaluates_on_openwebtext(prepare
   assert 'Photosynthesis' in info.decode(splits['train'][0])
   np.testing.assert_array_equal(splits['valid'],
                                 np.load(data_dir / 'openwebtext' / 'valid.npy'))
+
+
+# The configs on a little prepared text: MD4-S through the whole loop, the rest two steps.
+
+
+@pytest.fixture(scope='module')
+def little_text(tmp_path_factory):
+  """The opening of 4 works, prepared for both datasets: 3 train documents, 1 held out."""
+  root = tmp_path_factory.mktemp('little')
+  works = sorted(f for fs in text.shakespeare_works().values() for f in fs)[:4]
+  (root / 'docs').mkdir()
+  for f in works:
+    (root / 'docs' / f.name).write_text(f.read_text('utf-8')[:4000])
+  for name in ('openwebtext', 'fineweb_edu'):
+    prepare(root / 'docs', root / 'data', name=name, seq_len=64, eval_fraction=0.25,
+            num_workers=1)
+  return root / 'data'
+
+
+def tiny(config_module, data_dir):
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(config_module).get_config()
+  return tiny_config(config, **{'data.data_dir': str(data_dir), 'num_train_steps': 2,
+                                'eval_every_steps': 2, 'sample_every_steps': 2,
+                                'checkpoint_every_steps': 2, 'eval_batch_size': 8,
+                                'batch_size': 4})
+
+
+def test_openwebtext_config_prepare_train_sample(little_text, tmp_path):
+  config = tiny('md4.configs.md4.openwebtext', little_text)
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(metrics['valid_loss'])
+  samples = (tmp_path / 'samples' / 'step_00000002.txt').read_text().split('=' * 40)
+  assert len(samples) == config.sampling.num_samples
+  tok = tokenizer.gpt2()
+  for sample in samples:  # detokenized text of 32 GPT-2 tokens
+    assert len(tok.encode(sample.strip('\n')).ids) >= 16
+
+
+@pytest.mark.parametrize('config_module', [
+    'md4.configs.md4.openwebtext_medium', 'md4.configs.md4.fineweb_edu',
+    'md4.configs.genmd4.openwebtext'])
+def test_gpt2_configs_train_two_steps(config_module, little_text):
+  config = tiny(config_module, little_text)
+  info, splits = data.load_dataset(config.data)
+  model = train.build_model(config, info)
+  optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
+  mesh = train.make_mesh()
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  _, shardings, init_params = train.state_shardings(
+      model, optimizer, mesh, False, jnp.zeros((1,) + info.data_shape, jnp.int32))
+  state = train.init_state(optimizer, init_params, shardings, jax.random.key(0))
+  step_fn = train.jit_train_step(model, optimizer, config, shardings, batch_sharding)
+  for step in range(2):
+    batch = data.train_batch(splits['train'], step, config.batch_size, config.seed)
+    state, metrics = step_fn(state, jnp.asarray(batch), jax.random.key(1))
+    assert np.isfinite(float(metrics['loss']))
+  assert int(state.step) == 2

@@ -118,3 +118,18 @@ def test_fasta_samples_format():
                       + 'A' * 10 + '\n')
   with pytest.raises(ValueError, match='unknown sample format'):
     data.format_samples([], 'pdb')
+
+
+def test_protein_config_trains_and_writes_fasta_samples(tmp_path):
+  from md4 import train  # pylint: disable=g-import-not-at-top
+  from md4.configs.md4 import protein as protein_config  # pylint: disable=g-import-not-at-top
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(protein_config.get_config(), **{
+      'data.data_dir': str(pyhmmer_folder(tmp_path / 'data')), 'num_train_steps': 2,
+      'eval_every_steps': 2, 'sample_every_steps': 2, 'checkpoint_every_steps': 2,
+      'eval_batch_size': 256, 'batch_size': 4, 'sampling.num_samples': 8})
+  metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 0 < metrics['valid_loss'] < 20
+  records = protein.read_sequences(tmp_path / 'run' / 'samples' / 'step_00000002.fasta')
+  assert len(records) == 8
+  assert all(0 < len(r) <= 32 and set(r) <= set(protein.VOCAB) for r in records)

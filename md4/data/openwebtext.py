@@ -180,7 +180,7 @@ def prepare(name: str, data_dir: str, source: str | None = None, seq_len: int = 
   """Tokenizes, packs and writes `data_dir/<name>/`; returns its metadata.
 
   Shards of `shard_docs` documents are tokenized by `num_workers` processes (default: all
-  cores) and written atomically; rerunning skips the shards already written. The splits are
+  cores; 1 tokenizes in this process) and written atomically; rerunning skips the shards already written. The splits are
   written to temporary files and renamed into place, metadata.json last.
   """
   if name not in HF_SOURCES:
@@ -210,9 +210,13 @@ def prepare(name: str, data_dir: str, source: str | None = None, seq_len: int = 
   if progress:
     import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(desc=f'tokenizing {name}', unit='tok', unit_scale=True)
-  with concurrent.futures.ProcessPoolExecutor(
-      num_workers, mp_context=multiprocessing.get_context('spawn'),
-      initializer=_init_worker) as pool:
+  if num_workers > 1:  # spawned, not forked: the caller may hold threads (JAX, prefetch)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context('spawn'),
+        initializer=_init_worker)
+  else:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+  with pool:
     pending = set()
 
     def collect(return_when):
