@@ -139,6 +139,8 @@ def test_prepare_resumes_without_redoing_finished_shards(prepared, tmp_path):
                                   np.load(data_dir / 'openwebtext' / f'{split}.npy'))
   with pytest.raises(ValueError, match='shard_docs'):
     prepare(source, work, shard_docs=5)
+  shutil.rmtree(out / 'shards')  # prepared already: returns without reading shards
+  assert prepare(source, work) == meta
 
 
 def test_jsonl_source_equals_txt_folder(tmp_path):

@@ -133,3 +133,14 @@ def test_protein_config_trains_and_writes_fasta_samples(tmp_path):
   records = protein.read_sequences(tmp_path / 'run' / 'samples' / 'step_00000002.fasta')
   assert len(records) == 8
   assert all(0 < len(r) <= 32 and set(r) <= set(protein.VOCAB) for r in records)
+
+
+def test_padded_data_needs_md4(tmp_path):
+  from md4 import train  # pylint: disable=g-import-not-at-top
+  from md4.configs.genmd4 import shakespeare  # pylint: disable=g-import-not-at-top
+  config = shakespeare.get_config()
+  config.data.dataset = 'protein'
+  info = data.DatasetInfo(26, (8,), protein.decode, ('valid',), pad_id=25,
+                          length_probs=(1 / 9,) * 9, sample_format='fasta')
+  with pytest.raises(ValueError, match="only model_type 'md4'"):
+    train.build_model(config, info)

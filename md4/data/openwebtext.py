@@ -180,8 +180,9 @@ def prepare(name: str, data_dir: str, source: str | None = None, seq_len: int = 
   """Tokenizes, packs and writes `data_dir/<name>/`; returns its metadata.
 
   Shards of `shard_docs` documents are tokenized by `num_workers` processes (default: all
-  cores; 1 tokenizes in this process) and written atomically; rerunning skips the shards already written. The splits are
-  written to temporary files and renamed into place, metadata.json last.
+  cores; 1 tokenizes in this process) and written atomically; rerunning skips the shards
+  already written, and returns at once when the same data is already prepared. The splits
+  are written to temporary files and renamed into place, metadata.json last.
   """
   if name not in HF_SOURCES:
     raise ValueError(f'unknown dataset {name!r}; choose from {sorted(HF_SOURCES)}')
@@ -193,6 +194,12 @@ def prepare(name: str, data_dir: str, source: str | None = None, seq_len: int = 
   out_dir = Path(data_dir).expanduser() / name
   source_name = str(Path(source).expanduser().resolve()) if source else (
       'hf:' + '/'.join(filter(None, HF_SOURCES[name])))
+  plan = {'source': source_name, 'shard_docs': shard_docs, 'eval_fraction': eval_fraction}
+  meta_path = out_dir / 'metadata.json'
+  if meta_path.exists():
+    metadata = json.loads(meta_path.read_text())
+    if {k: metadata[k] for k in plan} == plan and metadata['seq_len'] == seq_len:
+      return metadata  # already prepared
   _, tokenizer_source = tokenizer.gpt2_files()
   documents = local_documents(source) if source else hub_documents(name)
   documents = iter(documents)
@@ -200,9 +207,8 @@ def prepare(name: str, data_dir: str, source: str | None = None, seq_len: int = 
   if first is None:
     raise ValueError(f'{source_name} holds no documents')
   documents = itertools.chain([first], documents)
-  _check_plan(out_dir, {'source': source_name, 'shard_docs': shard_docs,
-                        'eval_fraction': eval_fraction})
-  (out_dir / 'metadata.json').unlink(missing_ok=True)  # the splits are about to change
+  _check_plan(out_dir, plan)
+  meta_path.unlink(missing_ok=True)  # the splits are about to change
 
   num_workers = num_workers or os.cpu_count()
   num_shards = 0
@@ -242,14 +248,13 @@ def prepare(name: str, data_dir: str, source: str | None = None, seq_len: int = 
 
   splits = SPLITS if eval_fraction > 0 else ('train',)
   metadata = {
-      'name': name, 'source': source_name, 'seq_len': seq_len, 'dtype': 'uint16',
+      'name': name, **plan, 'seq_len': seq_len, 'dtype': 'uint16',
       'vocab_size': tokenizer.GPT2_VOCAB_SIZE, 'eot_id': tokenizer.EOT_ID,
-      'tokenizer': f'GPT-2 BPE from {tokenizer_source}', 'eval_fraction': eval_fraction,
+      'tokenizer': f'GPT-2 BPE from {tokenizer_source}',
       'documents': (num_shards - 1) * shard_docs + len(texts), 'shards': num_shards,
       'splits': {s: _assemble(out_dir, num_shards, s, seq_len) for s in splits},
   }
-  _write_atomic(out_dir / 'metadata.json',
-                lambda f: f.write(json.dumps(metadata, indent=1).encode()))
+  _write_atomic(meta_path, lambda f: f.write(json.dumps(metadata, indent=1).encode()))
   return metadata
 
 
