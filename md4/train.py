@@ -53,9 +53,15 @@ def build_model(config, info: data.DatasetInfo):
     raise ValueError(f'unknown model_type {config.model_type!r}; '
                      f'choose from {sorted(models.MODELS)}')
   network = networks.build_network(config.network, info.vocab_size)
+  padding = {}
+  if info.pad_id is not None:
+    if config.model_type != 'md4':
+      raise ValueError(f'dataset {config.data.dataset!r} pads its examples, which only'
+                       " model_type 'md4' handles")
+    padding = dict(pad_id=info.pad_id, length_probs=info.length_probs)
   return models.MODELS[config.model_type](
       network=network, vocab_size=info.vocab_size, data_shape=info.data_shape,
-      **config.model)
+      **padding, **config.model)
 
 
 def make_mesh(shape=None, devices=None) -> Mesh:
@@ -319,13 +325,13 @@ def evaluate(eval_fn, params, splits, info, config, mesh, rng):
 
 def write_samples(workdir, step, samples, info, writer):
   texts = [info.decode(s) for s in samples]
-  path = os.path.join(workdir, 'samples', f'step_{step:08d}.txt')
+  suffix, contents = data.format_samples(texts, info.sample_format)
+  path = os.path.join(workdir, 'samples', f'step_{step:08d}.{suffix}')
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  sep = '\n' + '=' * 40 + '\n'
   with open(path + '.tmp', 'w') as f:
-    f.write(sep.join(texts) + '\n')
+    f.write(contents)
   os.replace(path + '.tmp', path)
-  writer.write_texts(step, {'samples': sep.join(texts[:4])})
+  writer.write_texts(step, {'samples': data.format_samples(texts[:4], info.sample_format)[1]})
   return path
 
 

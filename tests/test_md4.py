@@ -141,3 +141,62 @@ def test_prior_draw_rate():
   z = model.apply({}, jax.random.key(0), 100, method=model.sample_prior)
   assert z.shape == (100, 1000)
   assert 0 < int(jnp.sum(z != 2)) < 50  # about ε·10⁵ = 10 unmasked tokens
+
+
+# Padding: never masked, never counted.
+
+
+def _padded_model(network, schedule='linear', **kw):
+  # V = 4 with id 3 the padding; length 5, of which x below has 3 real tokens.
+  return _model(network, 4, 5, noise_schedule=schedule, pad_id=3,
+                length_probs=(0, 0, 0.5, 0.5, 0, 0), **kw)
+
+
+def test_padding_is_never_masked():
+  model = _padded_model(toys.Oracle((0.4, 0.3, 0.2, 0.1)))
+  x = jnp.broadcast_to(jnp.asarray([2, 0, 1, 3, 3]), (512, 5))
+  z = model.apply({}, x, jnp.full((512,), 0.9), method=model.forward_sample,
+                  rngs={'sample': jax.random.key(0)})
+  z = np.asarray(z)
+  assert (z[:, 3:] == 3).all()
+  assert 0.8 < (z[:, :3] == 4).mean() < 1.0
+
+
+def test_padded_monte_carlo_loss_matches_enumeration_over_real_tokens():
+  """Exact E over masks of the 3 real tokens only, with the padding fixed and seen by a
+  context-dependent network, integrated over t; bits per token divide by 3, not 5."""
+  model = _padded_model(toys.ToyNet(4))
+  x = np.array([2, 0, 1, 3, 3])
+  params = toys.init(model, jnp.asarray(x)[None])
+  nodes, weights = np.polynomial.legendre.leggauss(200)
+  t = 0.5 * (nodes + 1)  # [G]
+  patterns = np.array(list(itertools.product([0, 1], repeat=3)), bool)  # [P, 3]
+  alpha = np.asarray(model.schedule.alpha(t))[:, None]  # [G, 1]
+  prob = alpha**(3 - patterns.sum(1)) * (1 - alpha)**patterns.sum(1)  # [G, P]
+  z = np.concatenate([np.where(patterns, 4, x[:3]), np.full((len(patterns), 2), 3)], 1)
+  g, p = prob.shape
+  logits = model.apply({'params': params}, jnp.asarray(np.tile(z, (g, 1))),
+                       jnp.asarray(np.repeat(t, p)), method=model.predict_logits)
+  log_p = np.asarray(jax.nn.log_softmax(logits, -1)).reshape(g, p, 5, 4)
+  log_p_x = np.take_along_axis(log_p[:, :, :3], x[None, None, :3, None], -1)[..., 0]
+  expected = (prob * np.where(patterns, log_p_x, 0.0).sum(-1)).sum(-1)  # [G]
+  exact_nats = 0.5 * np.sum(weights * np.asarray(model.schedule.weight(t)) * expected)
+  n = 20000
+  terms = model.apply({'params': params}, jnp.broadcast_to(jnp.asarray(x), (n, 5)),
+                      rngs={'sample': jax.random.key(7)})
+  nats = np.asarray(terms['loss_diff']) * 3 * math.log(2)
+  assert abs(nats.mean() - exact_nats) < 4 * nats.std() / math.sqrt(n)
+  eps = schedules.EPS  # recon + prior per real token: (1 − α(0) + α(1))·log V = 2ε·log2(4)
+  np.testing.assert_allclose(terms['loss_recon'] + terms['loss_prior'], 2 * eps * 2,
+                             rtol=1e-5)
+
+
+def test_padded_prior_draws_lengths_and_pads_the_rest():
+  model = _padded_model(toys.Oracle((0.4, 0.3, 0.2, 0.1)))
+  z = np.asarray(model.apply({}, jax.random.key(3), 4000, method=model.sample_prior))
+  # After the last non-padding; a real position is the padding id w.p. α(1)/V = ε/4.
+  lengths = np.where(z != 3, np.arange(5), -1).max(1) + 1
+  assert np.isin(lengths, [2, 3]).mean() > 0.999 and 0.45 < (lengths == 2).mean() < 0.55
+  assert (z[lengths == 2, 2:] == 3).all() and (z[:, :2] == 4).mean() > 0.99
+  with pytest.raises(ValueError, match='length_probs'):
+    _model(toys.Oracle((0.5, 0.5)), 2, 5, pad_id=1)

@@ -21,9 +21,9 @@ from md4.configs.md4 import shakespeare
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(**overrides):
-  """The Shakespeare config shrunk to run in seconds."""
-  config = shakespeare.get_config()
+def tiny_config(config=None, **overrides):
+  """A config (default: Shakespeare's) shrunk to run in seconds."""
+  config = shakespeare.get_config() if config is None else config
   config.data.data_shape = (32,)
   config.network.n_layers = 1
   config.network.num_heads = 2

@@ -1,7 +1,8 @@
 """The data pipeline: one entry point that dispatches on the dataset name.
 
-`load_dataset(config.data)` returns a `DatasetInfo` and every split as one int32
-array `[N, *data_shape]`. Batches are plain row selections of those arrays:
+`load_dataset(config.data)` returns a `DatasetInfo` and every split as one integer
+array `[N, *data_shape]` (large ones memory-mapped). Batches are plain row selections of
+those arrays, converted to int32:
 `train_batch` is a pure function of (seed, step), so resuming from a checkpoint
 needs only the step, and `eval_batches` walks a split in order.
 """
@@ -14,6 +15,9 @@ import threading
 
 import numpy as np
 
+from md4.data import openwebtext
+from md4.data import protein
+from md4.data import ragged
 from md4.data import text
 
 
@@ -23,18 +27,38 @@ class DatasetInfo:
   data_shape: tuple[int, ...]          # shape of one example, e.g. (256,)
   decode: Callable[[np.ndarray], str]  # one example's ids [*data_shape] -> readable text
   eval_splits: tuple[str, ...]         # e.g. ('valid', 'test')
+  pad_id: int | None = None            # padding id (never masked nor counted); None: none
+  length_probs: tuple[float, ...] | None = None  # padded data: P(length = L), L = 0..S
+  sample_format: str = 'text'          # how samples are written: a key of SAMPLE_FORMATS
 
 
-# Dataset name -> builder of (vocab_size, decode, {split: [N, L] int32}) from config.data.
+def _text_samples(texts):
+  return 'txt', ('\n' + '=' * 40 + '\n').join(texts) + '\n'
+
+
+def _fasta_samples(texts):
+  wrap = lambda s: '\n'.join(s[i : i + 60] for i in range(0, len(s), 60))
+  return 'fasta', ''.join(f'>sample_{i} length={len(s)}\n{wrap(s)}\n'
+                          for i, s in enumerate(texts))
+
+
+# Sample format -> function from decoded samples to (file suffix, file contents).
+SAMPLE_FORMATS = {'text': _text_samples, 'fasta': _fasta_samples}
+
+# Dataset name -> builder of (vocab_size, decode, {split: [N, L] integers}) from config.data,
+# plus optionally a dict of further DatasetInfo fields.
 DATASETS = {
     'shakespeare': lambda c: text.shakespeare(c.data_shape[0]),
     'text8': lambda c: text.text8(c.data_dir, c.data_shape[0]),
     'array': lambda c: text.array(c.data_dir, c.data_shape[0], c.vocab_size),
+    'openwebtext': lambda c: openwebtext.openwebtext(c.data_dir, c.data_shape[0]),
+    'fineweb_edu': lambda c: openwebtext.fineweb_edu(c.data_dir, c.data_shape[0]),
+    'protein': lambda c: protein.protein(c.data_dir, c.data_shape[0]),
 }
 
 
 def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
-  """Info and {'train': [N, *data_shape], <each eval split>: ...}, all int32."""
+  """Info and {'train': [N, *data_shape], <each eval split>: ...}, integer arrays."""
   name = data_config.dataset
   if name not in DATASETS:
     raise ValueError(f'unknown dataset {name!r}; choose from {sorted(DATASETS)}')
@@ -42,12 +66,21 @@ def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
   if len(data_shape) != 1:
     raise ValueError(f'dataset {name!r} holds token sequences; data_shape should be'
                      f' (sequence_length,), got {data_shape}')
-  vocab_size, decode, splits = DATASETS[name](data_config)
+  vocab_size, decode, splits, *extra = DATASETS[name](data_config)
   if data_config.vocab_size not in (None, vocab_size):
     raise ValueError(f'dataset {name!r} has {vocab_size} token ids but config.data.'
                      f'vocab_size = {data_config.vocab_size}; leave it unset (None)')
   eval_splits = tuple(s for s in splits if s != 'train')
-  return DatasetInfo(vocab_size, data_shape, decode, eval_splits), splits
+  fields = extra[0] if extra else {}
+  return DatasetInfo(vocab_size, data_shape, decode, eval_splits, **fields), splits
+
+
+def format_samples(texts: list[str], sample_format: str) -> tuple[str, str]:
+  """Decoded samples -> (file suffix, file contents) in `sample_format`."""
+  if sample_format not in SAMPLE_FORMATS:
+    raise ValueError(f'unknown sample format {sample_format!r}; choose from'
+                     f' {sorted(SAMPLE_FORMATS)}')
+  return SAMPLE_FORMATS[sample_format](texts)
 
 
 def _check_sharding(global_batch_size: int, process_index: int, process_count: int):
@@ -71,6 +104,8 @@ def train_batch(arr, step, global_batch_size, seed, process_index=0,
   Training visits rows in the order of the concatenated per-epoch permutations
   `default_rng([seed, epoch]).permutation(N)`; global batch `step` is positions
   [step * B, (step + 1) * B) of that order, and process p takes its p-th B / P slice.
+  A `ragged.Ragged` split is cropped with the p-th slice of the global batch's uniforms
+  `default_rng([seed, step, 1]).random(B)`.
   """
   _check_sharding(global_batch_size, process_index, process_count)
   n = len(arr)
@@ -83,6 +118,9 @@ def train_batch(arr, step, global_batch_size, seed, process_index=0,
   rows = np.empty_like(pos)
   for e in np.unique(epochs):
     rows[epochs == e] = _permutation(seed, int(e), n)[offsets[epochs == e]]
+  if isinstance(arr, ragged.Ragged):
+    u = np.random.default_rng([seed, step, 1]).random(global_batch_size)  # [B]
+    return arr.crops(rows, u[process_index * per_process:][:per_process])
   return np.asarray(arr[rows], np.int32)
 
 

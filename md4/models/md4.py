@@ -33,11 +33,22 @@ class MD4(nn.Module):
   cont_time: bool = True  # continuous-time ELBO or the T-step one
   timesteps: int = 1000  # T of the discrete-time ELBO, when cont_time is False
   antithetic_time_sampling: bool = True
+  # Padded data (set from the dataset): the padding id, never masked and never counted in
+  # the ELBO, and P(length = L) for L = 0..S, from which `sample_prior` draws the length.
+  pad_id: int | None = None
+  length_probs: tuple[float, ...] | None = None
 
   def __post_init__(self):
     schedules.MaskingSchedule(self.noise_schedule)  # raises on an unknown name
     if self.timesteps < 1:
       raise ValueError(f'model.timesteps must be >= 1, got {self.timesteps}')
+    if self.pad_id is not None and not (
+        0 <= self.pad_id < self.vocab_size and len(self.data_shape) == 1
+        and self.length_probs is not None
+        and len(self.length_probs) == self.data_shape[0] + 1):
+      raise ValueError(f'pad_id {self.pad_id} needs sequences (data_shape (L,), got'
+                       f' {self.data_shape}), an id in [0, {self.vocab_size}) and L + 1'
+                       ' length_probs')
     super().__post_init__()
 
   @property
@@ -53,11 +64,18 @@ class MD4(nn.Module):
     return uniform_times(self.make_rng('sample'), batch_size,
                          self.antithetic_time_sampling)
 
+  def is_padding(self, x):
+    """[B, *S] bool: positions that hold the padding id (none without padding)."""
+    return jnp.zeros(x.shape, bool) if self.pad_id is None else x == self.pad_id
+
   def forward_sample(self, x, t):
-    """z_t ~ q(z_t | x): keep each token with probability α(t), else the mask id."""
+    """z_t ~ q(z_t | x): keep each token with probability α(t), else the mask id.
+
+    Padding is always kept, so the ELBO is that of the real tokens given where padding is.
+    """
     alpha_t = self.schedule.alpha(t).reshape((-1,) + (1,) * (x.ndim - 1))
     keep = jax.random.bernoulli(self.make_rng('sample'), alpha_t, x.shape)
-    return jnp.where(keep, x, self.mask_id)
+    return jnp.where(keep | self.is_padding(x), x, self.mask_id)
 
   def predict_logits(self, z, t, train=False):
     """Logits of μθ(z_t, t) over the V tokens: [B, *S] -> [B, *S, V]."""
@@ -74,23 +92,21 @@ class MD4(nn.Module):
     return ((alpha_s - alpha_t) / (1.0 - alpha_t)).reshape(
         (-1,) + (1,) * (len(self.data_shape) + 1))
 
-  def recon_loss(self):
-    """−E_q(z_0|x) log p(x | z_0) per example, in nats.
+  def recon_loss(self, n):
+    """−E_q(z_0|x) log p(x | z_0) per example, in nats, for n tokens (scalar or [B]).
 
     p(x | z_0) copies unmasked tokens and is uniform over V at masked ones, so the term is
-    exactly n·(1 − α(0))·log V with n the number of tokens.
+    exactly n·(1 − α(0))·log V.
     """
-    n = math.prod(self.data_shape)
     return n * (1.0 - self.schedule.alpha(0.0)) * math.log(self.vocab_size)
 
-  def prior_loss(self):
-    """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats.
+  def prior_loss(self, n):
+    """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats, for n tokens (scalar or [B]).
 
     The prior is the forward marginal at t = 1 of uniform data: each token is masked with
     probability 1 − α(1) and uniform over V otherwise (`sample_prior` draws it). Per token the
     KL is α(1)·log V.
     """
-    n = math.prod(self.data_shape)
     return n * self.schedule.alpha(1.0) * math.log(self.vocab_size)
 
   def diffusion_loss(self, x, t, z_t, logits):
@@ -109,7 +125,7 @@ class MD4(nn.Module):
     return -self.timesteps * (alpha_s - alpha_t) / (1.0 - alpha_t) * masked_log_p
 
   def __call__(self, x, train=False) -> dict[str, Any]:
-    """Negative ELBO terms per example, in bits per token: each [B].
+    """Negative ELBO terms per example, in bits per token (padding excluded): each [B].
 
     Uses the 'sample' rng stream for t and z_t, and 'dropout' when training.
     """
@@ -119,10 +135,12 @@ class MD4(nn.Module):
       t = (jnp.floor(t * self.timesteps) + 1) / self.timesteps  # i/T, i ∈ {1..T}
     z_t = self.forward_sample(x, t)
     logits = self.predict_logits(z_t, t, train=train)
-    to_bits = 1.0 / (math.prod(self.data_shape) * math.log(2.0))
+    # n: the tokens that count, all but padding, at least 1. [B]
+    n = jnp.maximum(jnp.sum(~self.is_padding(x), axis=tuple(range(1, x.ndim))), 1)
+    to_bits = 1.0 / (n * math.log(2.0))  # [B]: each example in bits per (real) token
     loss_diff = self.diffusion_loss(x, t, z_t, logits) * to_bits
-    loss_recon = jnp.full((batch_size,), self.recon_loss() * to_bits)
-    loss_prior = jnp.full((batch_size,), self.prior_loss() * to_bits)
+    loss_recon = self.recon_loss(n) * to_bits
+    loss_prior = self.prior_loss(n) * to_bits
     return {
         'loss': loss_diff + loss_recon + loss_prior,
         'loss_diff': loss_diff,
@@ -131,9 +149,20 @@ class MD4(nn.Module):
     }
 
   def sample_prior(self, rng, batch_size):
-    """z_1 ~ p(z_1): mask with probability 1 − α(1), else a uniform token. [B, *S]."""
+    """z_1 ~ p(z_1): mask with probability 1 − α(1), else a uniform token. [B, *S].
+
+    With padding, a length L ~ length_probs is drawn per example and positions ≥ L are
+    padding, which the samplers never change: samples are drawn from p(x | L).
+    """
+    if self.pad_id is not None:
+      rng, rng_len = jax.random.split(rng)
+      lengths = jax.random.categorical(rng_len, jnp.log(jnp.asarray(self.length_probs)),
+                                       shape=(batch_size, 1))  # [B, 1]
     rng_keep, rng_tok = jax.random.split(rng)
     shape = (batch_size,) + tuple(self.data_shape)
     keep = jax.random.bernoulli(rng_keep, self.schedule.alpha(1.0), shape)
     tokens = jax.random.randint(rng_tok, shape, 0, self.vocab_size)
-    return jnp.where(keep, tokens, self.mask_id)
+    z = jnp.where(keep, tokens, self.mask_id)
+    if self.pad_id is not None:
+      z = jnp.where(jnp.arange(shape[1]) >= lengths, self.pad_id, z)
+    return z
