@@ -71,7 +71,7 @@ def bench_pipeline(tmp, config):
   b = config.batch_size
   tokens = b * 1024 * _BATCHES.value
   out = []
-  sharding = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec('data'))
+  sharding = train.batch_sharding(train.make_mesh())
   for name, feed in (('pipeline (train_batch + prefetch)', lambda x: x),
                      ('pipeline + device array', lambda x: jax.block_until_ready(
                          jax.make_array_from_process_local_data(sharding, x)))):

@@ -252,11 +252,12 @@ def test_gpt2_configs_train_two_steps(config_module, little_text):
   model = train.build_model(config, info)
   optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
   mesh = train.make_mesh()
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   _, shardings, init_params = train.state_shardings(
-      model, optimizer, mesh, False, jnp.zeros((1,) + info.data_shape, jnp.int32))
+      model, optimizer, mesh, train.DATA_PARALLEL_RULES,
+      jnp.zeros((1,) + info.data_shape, jnp.int32))
   state = train.init_state(optimizer, init_params, shardings, jax.random.key(0))
-  step_fn = train.jit_train_step(model, optimizer, config, shardings, batch_sharding)
+  step_fn = train.jit_train_step(model, optimizer, config, shardings,
+                                 train.batch_sharding(mesh))
   for step in range(2):
     batch = data.train_batch(splits['train'], step, config.batch_size, config.seed)
     state, metrics = step_fn(state, jnp.asarray(batch), jax.random.key(1))

@@ -5,7 +5,9 @@ Run:      python md4/main.py --config=md4/configs/md4/openwebtext.py --workdir=e
 Model: 12 layers, 12 heads x 64, GLU, adaLN-zero, depth-scaled init, linear schedule,
 continuous time, length 1024 (GPT-2 BPE, 50,257 tokens).
 Hardware: batch 512 x 1024 tokens is sized for a TPU v5 / H100 pod slice of 8-16 chips;
-use --config.num_microbatches to fit fewer. 1M steps take days to weeks.
+use --config.num_microbatches (or --config.network.remat_policy=full) to fit fewer, and
+--sharded with config.mesh_shape to shard the model. Computes in bfloat16
+(--config.network.dtype=float32 for CPUs). 1M steps take days to weeks.
 Expected: the paper reports perplexity <= 22.13 on the OpenWebText eval split after 1M
 steps (2^valid_loss, the loss being bits per token). Not run here.
 """
@@ -28,6 +30,7 @@ def get_config():
   config.network.cond_type = 'adaln_zero'
   config.network.depth_scaled_init = True
   config.network.dropout_rate = 0.02
+  config.network.dtype = 'bfloat16'
 
   config.opt.learning_rate = 3e-4
   config.opt.warmup_steps = 2000
