@@ -1,9 +1,10 @@
 """The data pipeline: one entry point that dispatches on the dataset name.
 
-`load_dataset(config.data)` returns a `DatasetInfo` and every split as one int32
-array `[N, *data_shape]`. Batches are plain row selections of those arrays:
-`train_batch` is a pure function of (seed, step), so resuming from a checkpoint
-needs only the step, and `eval_batches` walks a split in order.
+`load_dataset(config.data)` returns a `DatasetInfo` and every split as one integer
+array `[N, *data_shape]`, or for class-conditional data a dict `{'x': [N, *data_shape],
+'label': [N]}` whose rows are selected together. Batches are plain row selections of
+those arrays, as int32: `train_batch` is a pure function of (seed, step), so resuming
+from a checkpoint needs only the step, and `eval_batches` walks a split in order.
 """
 
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import threading
 
 import numpy as np
 
+from md4.data import images
 from md4.data import text
 
 
@@ -21,25 +23,38 @@ from md4.data import text
 class DatasetInfo:
   vocab_size: int                      # number of real token ids; the mask id is vocab_size
   data_shape: tuple[int, ...]          # shape of one example, e.g. (256,)
-  decode: Callable[[np.ndarray], str]  # one example's ids [*data_shape] -> readable text
+  # One example's ids [*data_shape] -> readable text, or uint8 pixels [H, W, C] for images.
+  decode: Callable[[np.ndarray], str | np.ndarray]
   eval_splits: tuple[str, ...]         # e.g. ('valid', 'test')
+  num_classes: int = 0                 # K > 0: batches carry labels in [0, K)
+
+  @property
+  def is_image(self) -> bool:
+    return len(self.data_shape) == 3
 
 
-# Dataset name -> builder of (vocab_size, decode, {split: [N, L] int32}) from config.data.
+# Dataset name -> builder of (vocab_size, decode, {split: [N, *data_shape]}) from config.data.
 DATASETS = {
     'shakespeare': lambda c: text.shakespeare(c.data_shape[0]),
     'text8': lambda c: text.text8(c.data_dir, c.data_shape[0]),
     'array': lambda c: text.array(c.data_dir, c.data_shape[0], c.vocab_size),
+    'digits': images.digits,
+    'cifar10': lambda c: images.tfds_images('cifar10', c),
+    'imagenet64': lambda c: images.tfds_images('imagenet64', c),
 }
 
 
 def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
-  """Info and {'train': [N, *data_shape], <each eval split>: ...}, all int32."""
+  """Info and {'train': [N, *data_shape], <each eval split>: ...} (see the module doc)."""
   name = data_config.dataset
   if name not in DATASETS:
     raise ValueError(f'unknown dataset {name!r}; choose from {sorted(DATASETS)}')
   data_shape = tuple(data_config.data_shape)
-  if len(data_shape) != 1:
+  class_conditional = data_config.get('class_conditional', False)
+  if class_conditional and name not in images.NUM_CLASSES:
+    raise ValueError(f'dataset {name!r} has no labels; class_conditional needs one of '
+                     f'{sorted(images.NUM_CLASSES)}')
+  if name not in images.NUM_CLASSES and len(data_shape) != 1:
     raise ValueError(f'dataset {name!r} holds token sequences; data_shape should be'
                      f' (sequence_length,), got {data_shape}')
   vocab_size, decode, splits = DATASETS[name](data_config)
@@ -47,7 +62,19 @@ def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
     raise ValueError(f'dataset {name!r} has {vocab_size} token ids but config.data.'
                      f'vocab_size = {data_config.vocab_size}; leave it unset (None)')
   eval_splits = tuple(s for s in splits if s != 'train')
-  return DatasetInfo(vocab_size, data_shape, decode, eval_splits), splits
+  num_classes = images.NUM_CLASSES[name] if class_conditional else 0
+  return DatasetInfo(vocab_size, data_shape, decode, eval_splits, num_classes), splits
+
+
+def _rows(split, rows):
+  """Rows of a split (an array or a dict of arrays) as int32: [len(rows), ...]."""
+  if isinstance(split, dict):
+    return {k: np.asarray(v[rows], np.int32) for k, v in split.items()}
+  return np.asarray(split[rows], np.int32)
+
+
+def _len(split) -> int:
+  return len(split['x']) if isinstance(split, dict) else len(split)
 
 
 def _check_sharding(global_batch_size: int, process_index: int, process_count: int):
@@ -73,7 +100,7 @@ def train_batch(arr, step, global_batch_size, seed, process_index=0,
   [step * B, (step + 1) * B) of that order, and process p takes its p-th B / P slice.
   """
   _check_sharding(global_batch_size, process_index, process_count)
-  n = len(arr)
+  n = _len(arr)
   if n == 0:
     raise ValueError('the training split is empty')
   per_process = global_batch_size // process_count
@@ -83,21 +110,21 @@ def train_batch(arr, step, global_batch_size, seed, process_index=0,
   rows = np.empty_like(pos)
   for e in np.unique(epochs):
     rows[epochs == e] = _permutation(seed, int(e), n)[offsets[epochs == e]]
-  return np.asarray(arr[rows], np.int32)
+  return _rows(arr, rows)
 
 
 def eval_batches(arr, global_batch_size, process_index=0,
                  process_count=1) -> Iterator[np.ndarray]:
   """This process's rows of every full global batch of a split, in order: [B // P, ...]."""
   _check_sharding(global_batch_size, process_index, process_count)
-  num_batches = len(arr) // global_batch_size  # a final partial batch is dropped
+  num_batches = _len(arr) // global_batch_size  # a final partial batch is dropped
   if num_batches == 0:
-    raise ValueError(f'the split has {len(arr)} examples, smaller than the eval batch'
+    raise ValueError(f'the split has {_len(arr)} examples, smaller than the eval batch'
                      f' size {global_batch_size}; use a smaller eval batch size')
   per_process = global_batch_size // process_count
   starts = range(process_index * per_process, num_batches * global_batch_size,
                  global_batch_size)
-  return (np.asarray(arr[s : s + per_process], np.int32) for s in starts)
+  return (_rows(arr, slice(s, s + per_process)) for s in starts)
 
 
 def prefetch(iterator, size=2) -> Iterator:
