@@ -391,7 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             eval_rng)
   summary = ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())
                       if k.endswith('_loss'))
-  print(f'Final eval at step {step} (bits per token, EMA parameters, '
+  unit = 'bits per dimension' if info.is_image else 'bits per token'
+  print(f'Final eval at step {step} ({unit}, EMA parameters, '
         f'{time.time() - start_time:.0f} s): {summary}', flush=True)
   return eval_metrics
 

@@ -216,6 +216,17 @@ def test_guided_conditional_generation_leaves_no_mask():
     sampling.make_generate_fn(model, config)
 
 
+@pytest.mark.parametrize('sampler', sorted(sampling.SAMPLERS))
+def test_every_sampler_generates_images(sampler):
+  model = MD4(network=toys.Oracle((0.6, 0.3, 0.1)), vocab_size=3, data_shape=(4, 4, 3))
+  config = ml_collections.ConfigDict(dict(sampler=sampler, sampling_grid='cosine',
+                                          timesteps=4, topp=0.9, guidance_scale=0.0))
+  prior = model.apply({}, jax.random.key(0), 5, method=model.sample_prior)
+  assert prior.shape == (5, 4, 4, 3)
+  out = jax.jit(sampling.make_generate_fn(model, config))({}, jax.random.key(1), prior)
+  assert out.shape == (5, 4, 4, 3) and int(out.min()) >= 0 and int(out.max()) < 3
+
+
 # A short digits training run.
 
 
@@ -223,6 +234,7 @@ def test_short_class_conditional_digits_run(tmp_path):
   config = digits_config.get_config()
   config.data.class_conditional = True
   config.network.feature_dim = 16
+  config.network.ch_mult = (1,)
   config.network.embed_dim = 4
   config.network.attn_resolutions = ()
   config.sampling.guidance_scale = 1.0
