@@ -3,7 +3,9 @@
 A sampler step maps z_t to z_s for s < t given the network's logits at (z_t, t) and the
 model's chance u(v) = P(a masked token becomes v | it is v under μθ) between t and s
 (MD4: (α_s − α_t)/(1 − α_t) for every v). Only masked positions change, so tokens given in
-the starting sequence stay fixed: that is conditional completion.
+the starting sequence stay fixed: that is conditional completion. Examples may have any
+shape [*S] (sequences, or images [H, W, C]); class-conditional models take labels and
+classifier-free guidance.
 """
 
 import functools
@@ -72,14 +74,32 @@ GRIDS: dict[str, Callable] = {
 }
 
 
+def guided_logits(model, variables, z, t, label, guidance_scale):
+  """Logits of μθ(z_t, t), with labels [B] conditioned on and guided when w > 0.
+
+  Classifier-free guidance (Ho & Salimans, 2022, eq. 6, on log-probabilities):
+    log μ̃ = (1 + w)·log μθ(· | z_t, c) − w·log μθ(· | z_t, ∅) + const,
+  ∅ the null class; w = 0 is plain conditional sampling. [B, *S] -> [B, *S, V].
+  """
+  logits = model.apply(variables, z, t, label=label, method=model.predict_logits)
+  if guidance_scale == 0:
+    return logits
+  if label is None:
+    raise ValueError(f'sampling.guidance_scale = {guidance_scale} needs a class-'
+                     'conditional model and labels; set it to 0 or use labelled data')
+  uncond = model.apply(variables, z, t, method=model.predict_logits)
+  return ((1.0 + guidance_scale) * jax.nn.log_softmax(logits)
+          - guidance_scale * jax.nn.log_softmax(uncond))
+
+
 def _lookup(table, name, what):
   if name not in table:
     raise ValueError(f'unknown {what} {name!r}; choose from {sorted(table)}')
   return table[name]
 
 
-def generate(model, params, rng, z, *, sampler='ancestral', timesteps=1000,
-             sampling_grid='uniform', topp=0.9):
+def generate(model, params, rng, z, label=None, *, sampler='ancestral', timesteps=1000,
+             sampling_grid='uniform', topp=0.9, guidance_scale=0.0):
   """Runs `timesteps` reverse steps from z (t = 1) to t = 0, then fills any mask left.
 
   Args:
@@ -87,6 +107,8 @@ def generate(model, params, rng, z, *, sampler='ancestral', timesteps=1000,
     params: its parameters (the EMA ones for evaluation).
     rng: key; step i uses fold_in(rng, i).
     z: [B, *S] starting tokens: a prior draw, or a partly masked input to complete.
+    label: [B] classes for a class-conditional model, or None.
+    guidance_scale: w of classifier-free guidance (see `guided_logits`); 0 turns it off.
   Returns:
     [B, *S] token ids with no mask.
   """
@@ -101,18 +123,18 @@ def generate(model, params, rng, z, *, sampler='ancestral', timesteps=1000,
 
   def body(i, z):
     t, s = times(i)
-    logits = model.apply(variables, z, t, method=model.predict_logits)
+    logits = guided_logits(model, variables, z, t, label, guidance_scale)
     u = model.apply(variables, s, t, method=model.unmask_prob)
     return step_fn(jax.random.fold_in(rng, i), z, logits, u, model.mask_id, topp)
 
   z = jax.lax.fori_loop(0, timesteps, body, z)
   # Final decode at t = 0: any mask still left becomes μθ's most likely token.
-  logits = model.apply(variables, z, jnp.zeros((batch,)), method=model.predict_logits)
+  logits = guided_logits(model, variables, z, jnp.zeros((batch,)), label, guidance_scale)
   return jnp.where(z == model.mask_id, jnp.argmax(logits, axis=-1), z)
 
 
 def make_generate_fn(model, sampling_config):
-  """generate() bound to the config's sampler, grid, steps and top-p; checks the names."""
+  """generate() bound to the config's sampler, grid, steps, top-p and guidance; checks them."""
   _lookup(SAMPLERS, sampling_config.sampler, 'sampler')
   _lookup(GRIDS, sampling_config.sampling_grid, 'sampling grid')
   if not 0.0 < sampling_config.topp <= 1.0:
@@ -120,9 +142,13 @@ def make_generate_fn(model, sampling_config):
   if sampling_config.timesteps < 1:
     raise ValueError(
         f'sampling.timesteps must be >= 1, got {sampling_config.timesteps}')
+  if sampling_config.guidance_scale < 0:
+    raise ValueError(
+        f'sampling.guidance_scale must be >= 0, got {sampling_config.guidance_scale}')
   return functools.partial(
       generate, model,
       sampler=sampling_config.sampler,
       timesteps=sampling_config.timesteps,
       sampling_grid=sampling_config.sampling_grid,
-      topp=sampling_config.topp)
+      topp=sampling_config.topp,
+      guidance_scale=sampling_config.guidance_scale)

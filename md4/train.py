@@ -28,6 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from md4 import data
+from md4.data import images
 from md4 import models
 from md4 import networks
 from md4 import optim
@@ -52,7 +53,7 @@ def build_model(config, info: data.DatasetInfo):
   if config.model_type not in models.MODELS:
     raise ValueError(f'unknown model_type {config.model_type!r}; '
                      f'choose from {sorted(models.MODELS)}')
-  network = networks.build_network(config.network, info.vocab_size)
+  network = networks.build_network(config.network, info.vocab_size, info.num_classes)
   padding = {}
   if info.pad_id is not None:
     if config.model_type != 'md4':
@@ -110,9 +111,13 @@ def batch_shards(mesh) -> int:
 
 
 def loss_fn(model, params, batch, rng, train):
-  """Mean over the batch of the model's per-example terms; 'loss' is the objective."""
+  """Mean over the batch of the model's per-example terms; 'loss' is the objective.
+
+  batch: [B, *S] ids, or {'x': [B, *S], 'label': [B]} for class-conditional data.
+  """
   rng_sample, rng_dropout = jax.random.split(rng)
-  terms = model.apply({'params': params}, batch, train=train,
+  x, label = (batch['x'], batch['label']) if isinstance(batch, dict) else (batch, None)
+  terms = model.apply({'params': params}, x, train=train, label=label,
                       rngs={'sample': rng_sample, 'dropout': rng_dropout})
   metrics = {k: v.mean() for k, v in terms.items()}
   return metrics['loss'], metrics
@@ -121,9 +126,10 @@ def loss_fn(model, params, batch, rng, train):
 def split_microbatches(batch, num_microbatches):
   """[B, ...] -> [M, B/M, ...]; microbatch i takes rows i, i + M, ... so each stays spread
   over the data-parallel devices."""
-  b = batch.shape[0]
-  return batch.reshape((b // num_microbatches, num_microbatches) + batch.shape[1:]
-                       ).swapaxes(0, 1)
+  def split(a):
+    return a.reshape((a.shape[0] // num_microbatches, num_microbatches) + a.shape[1:]
+                     ).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
 
 
 def compute_grads(model, params, batch, rng, num_microbatches):
@@ -142,7 +148,7 @@ def compute_grads(model, params, batch, rng, num_microbatches):
     return jax.tree.map(jax.numpy.add, carry, (grads, metrics)), None
 
   mbs = split_microbatches(batch, num_microbatches)
-  zeros = jax.eval_shape(grad_fn, params, mbs[0], rng)
+  zeros = jax.eval_shape(grad_fn, params, jax.tree.map(lambda a: a[0], mbs), rng)
   zeros = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), zeros)
   total, _ = jax.lax.scan(body, zeros, (jax.numpy.arange(num_microbatches), mbs))
   return jax.tree.map(lambda x: x / num_microbatches, total)
@@ -315,7 +321,7 @@ def evaluate(eval_fn, params, splits, info, config, mesh, rng):
     for i, local in enumerate(data.eval_batches(
         splits[split], config.eval_batch_size, jax.process_index(),
         jax.process_count())):
-      batch = jax.make_array_from_process_local_data(sharding, local)
+      batch = global_batch(sharding, local)
       metrics = eval_fn(params, batch, jax.random.fold_in(rng, i))
       sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
       n += 1
@@ -323,7 +329,19 @@ def evaluate(eval_fn, params, splits, info, config, mesh, rng):
   return results
 
 
+def global_batch(sharding, local):
+  """This process's rows (an array or a dict of them) -> global arrays in `sharding`."""
+  return jax.tree.map(
+      lambda a: jax.make_array_from_process_local_data(sharding, a), local)
+
+
 def write_samples(workdir, step, samples, info, writer):
+  """Samples as text, or for images a PNG grid (one row per class when conditional)."""
+  if info.is_image:
+    path = os.path.join(workdir, 'samples', f'step_{step:08d}.png')
+    grid = images.write_grid(path, np.stack([info.decode(s) for s in samples]))
+    writer.write_images(step, {'samples': grid[None]})
+    return path
   texts = [info.decode(s) for s in samples]
   suffix, contents = data.format_samples(texts, info.sample_format)
   path = os.path.join(workdir, 'samples', f'step_{step:08d}.{suffix}')
@@ -359,6 +377,8 @@ def _train_and_evaluate(config, workdir, mesh, rules):
   optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
   lr_fn = optim.learning_rate_schedule(config.opt, config.num_train_steps)
   generate = sampling.make_generate_fn(model, config.sampling)
+  sample_labels = (images.sample_labels(config.sampling.num_samples, info.num_classes)
+                   if info.num_classes else None)
   os.makedirs(workdir, exist_ok=True)
 
   rng = jax.random.key(config.seed)
@@ -382,7 +402,7 @@ def _train_and_evaluate(config, workdir, mesh, rules):
       lambda params, rng: generate(
           params, rng,
           model.apply({'params': params}, rng, config.sampling.num_samples,
-                      method=model.sample_prior)),
+                      method=model.sample_prior), sample_labels),
       out_shardings=data_sharding)
 
   is_main = jax.process_index() == 0
@@ -397,7 +417,7 @@ def _train_and_evaluate(config, workdir, mesh, rules):
     for step in range(start_step, config.num_train_steps):
       local = data.train_batch(splits['train'], step, config.batch_size, config.seed,
                                jax.process_index(), jax.process_count())
-      yield jax.make_array_from_process_local_data(data_sharding, local)
+      yield global_batch(data_sharding, local)
 
   train_iter = data.prefetch(batches())
   history, eval_metrics = [], {}
@@ -438,8 +458,9 @@ def _train_and_evaluate(config, workdir, mesh, rules):
                             eval_rng)
   summary = ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())
                       if k.endswith('_loss'))
+  unit = 'bits per dimension' if info.is_image else 'bits per token'
   if is_main:
-    print(f'Final eval at step {step} (bits per token, EMA parameters, '
+    print(f'Final eval at step {step} ({unit}, EMA parameters, '
           f'{time.time() - start_time:.0f} s): {summary}', flush=True)
   return eval_metrics
 

@@ -22,7 +22,7 @@ def _model(network=None, schedule='linear'):
 
 def _config(**kw):
   base = dict(sampler='ancestral', sampling_grid='uniform', timesteps=8, topp=0.9,
-              num_samples=4)
+              num_samples=4, guidance_scale=0.0)
   base.update(kw)
   return ml_collections.ConfigDict(base)
 

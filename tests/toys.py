@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Oracle(nn.Module):
@@ -31,3 +32,17 @@ class ToyNet(nn.Module):
 def init(model, x, seed=0):
   return model.init({'params': jax.random.key(seed), 'sample': jax.random.key(1)},
                     x)['params']
+
+
+def random_params(module, *args, seed=0, **kwargs):
+  """Random parameters of module.init(*args, **kwargs), fan-in scaled, drawn on the host.
+
+  Unlike init, nothing is compiled, and no layer is left at a zero initialisation.
+  """
+  shapes = jax.eval_shape(lambda: module.init(
+      {'params': jax.random.key(0), 'sample': jax.random.key(0)}, *args, **kwargs))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape),
+                            s.dtype),
+      nn.unbox(shapes['params']))

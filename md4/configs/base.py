@@ -14,8 +14,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'shakespeare'  # key of md4.data.DATASETS
-  config.data.data_dir = '~/md4_data'  # where text8.zip / train.npy live
-  config.data.data_shape = (256,)  # one example: (sequence length,)
+  config.data.data_dir = '~/md4_data'  # where text8.zip / train.npy / TFDS datasets live
+  config.data.data_shape = (256,)  # one example: (sequence length,) or images (H, W, C)
+  # Labelled images (digits, cifar10, imagenet64): batches carry labels, the network is
+  # class-conditional and samples are drawn one grid row per class.
+  config.data.class_conditional = False
   # Number of token ids; None takes it from the dataset. Required by 'array'.
   config.data.vocab_size = config_dict.placeholder(int)
 
@@ -73,6 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.timesteps = 256  # reverse steps per sample
   config.sampling.topp = 0.98  # nucleus mass for sampler='topp'
   config.sampling.num_samples = 16  # samples written at each sampling step
+  # Classifier-free guidance weight w for class-conditional models; 0: plain conditional.
+  config.sampling.guidance_scale = 0.0
 
   config.batch_size = 512  # global batch, over all devices and hosts
   config.num_microbatches = 1  # gradient accumulation: batch_size / this per pass
@@ -85,3 +90,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3  # newest checkpoints kept
   config.check_nans = False  # stop with an error at the first non-finite metric
   return config
+
+
+def unet_network(network_type='unet') -> ml_collections.ConfigDict:
+  """config.network for the image backbones md4.networks.unet.UNet and uvit.UViT."""
+  network = ml_collections.ConfigDict()
+  network.type = network_type  # 'unet' or 'uvit'
+  network.feature_dim = 128  # channels of the first (full-resolution) level
+  network.ch_mult = (1, 2, 2)  # channel multiplier per level; each further level halves H, W
+  network.num_res_blocks = 2  # residual blocks per level going down (one more going up)
+  network.attn_resolutions = (16,)  # image sides H at which blocks add self-attention
+  network.num_heads = 1  # heads of the UNet's own attention blocks
+  network.embed_dim = 32  # embedding width of one channel value
+  network.dropout_rate = 0.1
+  network.label_dropout = 0.1  # class-conditional training: label -> null class w.p. this
+  if network_type == 'uvit':
+    network.attn_resolutions = ()
+    network.n_dit_layers = 12  # transformer blocks at the lowest resolution
+    network.dit_hidden_size = 768  # their width
+    network.dit_num_heads = 12
+  return network

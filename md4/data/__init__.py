@@ -1,10 +1,10 @@
 """The data pipeline: one entry point that dispatches on the dataset name.
 
 `load_dataset(config.data)` returns a `DatasetInfo` and every split as one integer
-array `[N, *data_shape]` (large ones memory-mapped). Batches are plain row selections of
-those arrays, converted to int32:
-`train_batch` is a pure function of (seed, step), so resuming from a checkpoint
-needs only the step, and `eval_batches` walks a split in order.
+array `[N, *data_shape]` (large ones memory-mapped), or for class-conditional data a dict
+`{'x': [N, *data_shape], 'label': [N]}` whose rows are selected together. Batches are plain
+row selections of those arrays, as int32: `train_batch` is a pure function of (seed, step),
+so resuming from a checkpoint needs only the step, and `eval_batches` walks a split in order.
 """
 
 from collections.abc import Callable, Iterator
@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from md4.data import images
 from md4.data import openwebtext
 from md4.data import protein
 from md4.data import ragged
@@ -25,11 +26,17 @@ from md4.data import text
 class DatasetInfo:
   vocab_size: int                      # number of real token ids; the mask id is vocab_size
   data_shape: tuple[int, ...]          # shape of one example, e.g. (256,)
-  decode: Callable[[np.ndarray], str]  # one example's ids [*data_shape] -> readable text
+  # One example's ids [*data_shape] -> readable text, or uint8 pixels [H, W, C] for images.
+  decode: Callable[[np.ndarray], str | np.ndarray]
   eval_splits: tuple[str, ...]         # e.g. ('valid', 'test')
   pad_id: int | None = None            # padding id (never masked nor counted); None: none
   length_probs: tuple[float, ...] | None = None  # padded data: P(length = L), L = 0..S
   sample_format: str = 'text'          # how samples are written: a key of SAMPLE_FORMATS
+  num_classes: int = 0                 # K > 0: batches carry labels in [0, K)
+
+  @property
+  def is_image(self) -> bool:
+    return len(self.data_shape) == 3
 
 
 def _text_samples(texts):
@@ -45,8 +52,8 @@ def _fasta_samples(texts):
 # Sample format -> function from decoded samples to (file suffix, file contents).
 SAMPLE_FORMATS = {'text': _text_samples, 'fasta': _fasta_samples}
 
-# Dataset name -> builder of (vocab_size, decode, {split: [N, L] integers}) from config.data,
-# plus optionally a dict of further DatasetInfo fields.
+# Dataset name -> builder of (vocab_size, decode, {split: [N, *data_shape] integers}) from
+# config.data, plus optionally a dict of further DatasetInfo fields.
 DATASETS = {
     'shakespeare': lambda c: text.shakespeare(c.data_shape[0]),
     'text8': lambda c: text.text8(c.data_dir, c.data_shape[0]),
@@ -54,16 +61,23 @@ DATASETS = {
     'openwebtext': lambda c: openwebtext.openwebtext(c.data_dir, c.data_shape[0]),
     'fineweb_edu': lambda c: openwebtext.fineweb_edu(c.data_dir, c.data_shape[0]),
     'protein': lambda c: protein.protein(c.data_dir, c.data_shape[0]),
+    'digits': images.digits,
+    'cifar10': lambda c: images.tfds_images('cifar10', c),
+    'imagenet64': lambda c: images.tfds_images('imagenet64', c),
 }
 
 
 def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
-  """Info and {'train': [N, *data_shape], <each eval split>: ...}, integer arrays."""
+  """Info and {'train': [N, *data_shape], <each eval split>: ...} (see the module doc)."""
   name = data_config.dataset
   if name not in DATASETS:
     raise ValueError(f'unknown dataset {name!r}; choose from {sorted(DATASETS)}')
   data_shape = tuple(data_config.data_shape)
-  if len(data_shape) != 1:
+  class_conditional = data_config.get('class_conditional', False)
+  if class_conditional and name not in images.NUM_CLASSES:
+    raise ValueError(f'dataset {name!r} has no labels; class_conditional needs one of '
+                     f'{sorted(images.NUM_CLASSES)}')
+  if name not in images.NUM_CLASSES and len(data_shape) != 1:
     raise ValueError(f'dataset {name!r} holds token sequences; data_shape should be'
                      f' (sequence_length,), got {data_shape}')
   vocab_size, decode, splits, *extra = DATASETS[name](data_config)
@@ -72,7 +86,9 @@ def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
                      f'vocab_size = {data_config.vocab_size}; leave it unset (None)')
   eval_splits = tuple(s for s in splits if s != 'train')
   fields = extra[0] if extra else {}
-  return DatasetInfo(vocab_size, data_shape, decode, eval_splits, **fields), splits
+  num_classes = images.NUM_CLASSES[name] if class_conditional else 0
+  return (DatasetInfo(vocab_size, data_shape, decode, eval_splits, num_classes=num_classes,
+                      **fields), splits)
 
 
 def format_samples(texts: list[str], sample_format: str) -> tuple[str, str]:
@@ -81,6 +97,17 @@ def format_samples(texts: list[str], sample_format: str) -> tuple[str, str]:
     raise ValueError(f'unknown sample format {sample_format!r}; choose from'
                      f' {sorted(SAMPLE_FORMATS)}')
   return SAMPLE_FORMATS[sample_format](texts)
+
+
+def _rows(split, rows):
+  """Rows of a split (an array or a dict of arrays) as int32: [len(rows), ...]."""
+  if isinstance(split, dict):
+    return {k: np.asarray(v[rows], np.int32) for k, v in split.items()}
+  return np.asarray(split[rows], np.int32)
+
+
+def _len(split) -> int:
+  return len(split['x']) if isinstance(split, dict) else len(split)
 
 
 def _check_sharding(global_batch_size: int, process_index: int, process_count: int):
@@ -108,7 +135,7 @@ def train_batch(arr, step, global_batch_size, seed, process_index=0,
   `default_rng([seed, step, 1]).random(B)`.
   """
   _check_sharding(global_batch_size, process_index, process_count)
-  n = len(arr)
+  n = _len(arr)
   if n == 0:
     raise ValueError('the training split is empty')
   per_process = global_batch_size // process_count
@@ -121,21 +148,21 @@ def train_batch(arr, step, global_batch_size, seed, process_index=0,
   if isinstance(arr, ragged.Ragged):
     u = np.random.default_rng([seed, step, 1]).random(global_batch_size)  # [B]
     return arr.crops(rows, u[process_index * per_process:][:per_process])
-  return np.asarray(arr[rows], np.int32)
+  return _rows(arr, rows)
 
 
 def eval_batches(arr, global_batch_size, process_index=0,
                  process_count=1) -> Iterator[np.ndarray]:
   """This process's rows of every full global batch of a split, in order: [B // P, ...]."""
   _check_sharding(global_batch_size, process_index, process_count)
-  num_batches = len(arr) // global_batch_size  # a final partial batch is dropped
+  num_batches = _len(arr) // global_batch_size  # a final partial batch is dropped
   if num_batches == 0:
-    raise ValueError(f'the split has {len(arr)} examples, smaller than the eval batch'
+    raise ValueError(f'the split has {_len(arr)} examples, smaller than the eval batch'
                      f' size {global_batch_size}; use a smaller eval batch size')
   per_process = global_batch_size // process_count
   starts = range(process_index * per_process, num_batches * global_batch_size,
                  global_batch_size)
-  return (np.asarray(arr[s : s + per_process], np.int32) for s in starts)
+  return (_rows(arr, slice(s, s + per_process)) for s in starts)
 
 
 def prefetch(iterator, size=2) -> Iterator:

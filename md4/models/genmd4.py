@@ -122,9 +122,9 @@ class GenMD4(nn.Module):
     log_q_n = jnp.where(z_t == self.mask_id, log_mask_t_x, log_alpha_t_x)
     return jnp.sum(log_q_n, axis=tuple(range(1, x.ndim)))
 
-  def predict_logits(self, z, t, train=False):
-    """Logits of μθ(z_t, t) over the V tokens: [B, *S] -> [B, *S, V]."""
-    return self.network(z, t, train=train)
+  def predict_logits(self, z, t, train=False, label=None):
+    """Logits of μθ(z_t, t[, label]) over the V tokens: [B, *S] -> [B, *S, V]."""
+    return md4.call_network(self.network, z, t, label, train)
 
   def unmask_prob(self, s, t):
     """u(v) = (α_s(v) − α_t(v))/(1 − α_t(v)) for s < t, [B, 1, ..., 1, V].
@@ -165,7 +165,7 @@ class GenMD4(nn.Module):
     """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats: α_1(v) = ε for every v, so n·ε·log V."""
     return math.prod(self.data_shape) * EPS * math.log(self.vocab_size)
 
-  def loss_terms(self, x, t, train=False) -> dict[str, Any]:
+  def loss_terms(self, x, t, train=False, label=None) -> dict[str, Any]:
     """Negative-ELBO terms at given times t [B], per example in bits per token: each [B].
 
     Two masks z⁽¹⁾, z⁽²⁾ ~ q(z_t | x) per example (one network call on 2B rows) give l₁, l₂,
@@ -179,7 +179,8 @@ class GenMD4(nn.Module):
     batch_size = x.shape[0]
     x2, t2 = jnp.concatenate([x, x]), jnp.concatenate([t, t])  # [2B, *S], [2B]
     z_t = self.forward_sample(x2, t2)
-    logits = self.predict_logits(z_t, t2, train=train)
+    label2 = None if label is None else jnp.concatenate([label, label])  # [2B]
+    logits = self.predict_logits(z_t, t2, train=train, label=label2)
     to_bits = 1.0 / (math.prod(self.data_shape) * math.log(2.0))
     diff = (1.0 - self.t1) * self.diffusion_loss(x2, t2, z_t, logits) * to_bits  # [2B]
     recon = self.recon_loss(x) * to_bits  # [B]
@@ -203,9 +204,9 @@ class GenMD4(nn.Module):
         'w_max': per_example(jnp.max(w)),
     }
 
-  def __call__(self, x, train=False) -> dict[str, Any]:
+  def __call__(self, x, train=False, label=None) -> dict[str, Any]:
     """`loss_terms` at t ~ U(t1, 1). Uses the 'sample' rng stream, and 'dropout' when training."""
-    return self.loss_terms(x, self.sample_times(x.shape[0]), train=train)
+    return self.loss_terms(x, self.sample_times(x.shape[0]), train=train, label=label)
 
   def sample_prior(self, rng, batch_size):
     """z_1 ~ p(z_1), the forward marginal at t = 1 of uniform data: a uniform token v, kept

@@ -16,6 +16,13 @@ import jax.numpy as jnp
 from md4 import schedules
 
 
+def call_network(network, z, t, label, train):
+  """Logits of μθ(z_t, t[, label]); a backbone without labels is called without one."""
+  if label is None:
+    return network(z, t, train=train)
+  return network(z, t, label=label, train=train)
+
+
 def uniform_times(rng, batch_size, antithetic):
   """u ~ U(0, 1) per example [B]; antithetic: u_i = (u + i/B) mod 1 (Kingma et al., 2021)."""
   if antithetic:
@@ -77,9 +84,12 @@ class MD4(nn.Module):
     keep = jax.random.bernoulli(self.make_rng('sample'), alpha_t, x.shape)
     return jnp.where(keep | self.is_padding(x), x, self.mask_id)
 
-  def predict_logits(self, z, t, train=False):
-    """Logits of μθ(z_t, t) over the V tokens: [B, *S] -> [B, *S, V]."""
-    return self.network(z, t, train=train)
+  def predict_logits(self, z, t, train=False, label=None):
+    """Logits of μθ(z_t, t) over the V tokens: [B, *S] -> [B, *S, V].
+
+    label [B] conditions on a class; None is the unconditional (null-class) prediction.
+    """
+    return call_network(self.network, z, t, label, train)
 
   def unmask_prob(self, s, t):
     """(α_s − α_t)/(1 − α_t): chance that a masked token is revealed between t and s < t.
@@ -124,17 +134,19 @@ class MD4(nn.Module):
     alpha_s, alpha_t = self.schedule.alpha(s), self.schedule.alpha(t)
     return -self.timesteps * (alpha_s - alpha_t) / (1.0 - alpha_t) * masked_log_p
 
-  def __call__(self, x, train=False) -> dict[str, Any]:
-    """Negative ELBO terms per example, in bits per token (padding excluded): each [B].
+  def __call__(self, x, train=False, label=None) -> dict[str, Any]:
+    """Negative ELBO terms per example, in bits per token (padding excluded; per dimension
+    for images, whose tokens are the H·W·C channel values): each [B].
 
-    Uses the 'sample' rng stream for t and z_t, and 'dropout' when training.
+    label [B] (class-conditional data) goes to the network. Uses the 'sample' rng stream
+    for t and z_t, and 'dropout' when training.
     """
     batch_size = x.shape[0]
     t = self.sample_times(batch_size)
     if not self.cont_time:
       t = (jnp.floor(t * self.timesteps) + 1) / self.timesteps  # i/T, i ∈ {1..T}
     z_t = self.forward_sample(x, t)
-    logits = self.predict_logits(z_t, t, train=train)
+    logits = self.predict_logits(z_t, t, train=train, label=label)
     # n: the tokens that count, all but padding, at least 1. [B]
     n = jnp.maximum(jnp.sum(~self.is_padding(x), axis=tuple(range(1, x.ndim))), 1)
     to_bits = 1.0 / (n * math.log(2.0))  # [B]: each example in bits per (real) token
