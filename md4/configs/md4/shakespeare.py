@@ -21,6 +21,9 @@ def get_config():
   config.opt.learning_rate = 3e-3
   config.opt.warmup_steps = 200
   config.opt.ema_rate = 0.999
+  # Without clipping, some seeds stall near the unigram loss for a thousand steps at this
+  # learning rate (seed 0: valid 4.46 bits after 600 steps unclipped, 3.72 clipped).
+  config.opt.grad_clip = 1.0
 
   config.sampling.timesteps = 64
   config.sampling.num_samples = 4
