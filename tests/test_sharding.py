@@ -17,6 +17,7 @@ import pytest
 
 from md4 import train
 from md4.configs.md4 import shakespeare
+from test_train import set_keys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EIGHT = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
@@ -138,14 +139,7 @@ OVERRIDES = {'data.data_shape': (32,), 'network.n_layers': 1, 'network.num_heads
 
 
 def _config():
-  config = shakespeare.get_config()
-  for key, value in OVERRIDES.items():
-    *path, last = key.split('.')
-    section = config
-    for p in path:
-      section = section[p]
-    section[last] = value
-  return config
+  return set_keys(shakespeare.get_config(), OVERRIDES)
 
 
 def _cli(workdir, env, *flags):

@@ -39,6 +39,11 @@ def tiny_config(config=None, **overrides):
   config.keep_checkpoints = 5
   config.sampling.timesteps = 4
   config.sampling.num_samples = 2
+  return set_keys(config, overrides)
+
+
+def set_keys(config, overrides):
+  """Sets dotted keys ('network.n_layers': 1, ...) in config, as --config.KEY=VALUE would."""
   for key, value in overrides.items():
     section = config
     *path, last = key.split('.')
