@@ -31,13 +31,14 @@ def test_masking_rate_is_one_minus_alpha(t):
   assert abs(rate - expected) < 5 * stderr
 
 
-@pytest.mark.parametrize('schedule', ['linear', 'cosine', 'poly2'])
-def test_oracle_elbo_is_data_nll(schedule):
+@pytest.mark.parametrize('schedule,estimator', [
+    ('linear', 'time'), ('cosine', 'time'), ('poly2', 'time'), ('cosine', 'mask_count')])
+def test_oracle_elbo_is_data_nll(schedule, estimator):
   """For i.i.d. x ~ p and μθ ≡ p, E[ELBO] = (1 − 2ε)·NLL(x) + 2ε·log V (exactly)."""
   probs = (0.5, 0.25, 0.15, 0.1)
   v, length, n = len(probs), 16, 4096
   model = _model(toys.Oracle(probs), v, length, noise_schedule=schedule,
-                 antithetic_time_sampling=False)
+                 antithetic_time_sampling=False, elbo_estimator=estimator)
   x = jax.random.categorical(jax.random.key(0), jnp.log(jnp.asarray(probs)),
                              shape=(length,))
   xs = jnp.broadcast_to(x, (n, length))
@@ -101,16 +102,54 @@ def test_discrete_time_loss_approaches_continuous(schedule):
   assert exact[4] > exact['cont']
 
 
-@pytest.mark.parametrize('cont_time,timesteps', [(True, 1000), (False, 4)])
-def test_monte_carlo_loss_matches_enumeration(cont_time, timesteps):
-  base, params, x, exact = _exact_losses('linear', (timesteps,))
-  model = base.clone(cont_time=cont_time, timesteps=timesteps)
+@pytest.mark.parametrize('schedule,cont_time,timesteps,estimator', [
+    ('linear', True, 1000, 'time'), ('linear', False, 4, 'time'),
+    ('linear', True, 1000, 'mask_count'), ('cosine', True, 1000, 'mask_count'),
+    ('poly3', True, 1000, 'mask_count')])
+def test_monte_carlo_loss_matches_enumeration(schedule, cont_time, timesteps, estimator):
+  _monte_carlo_nats(schedule, cont_time, timesteps, estimator)
+
+
+def _monte_carlo_nats(schedule, cont_time, timesteps, estimator):
+  """20000 draws of the diffusion term (nats), checked against its exact expectation."""
+  base, params, x, exact = _exact_losses(schedule, (timesteps,))
+  model = base.clone(cont_time=cont_time, timesteps=timesteps, elbo_estimator=estimator)
   n = 20000
   terms = model.apply({'params': params}, jnp.broadcast_to(x, (n, 3)),
                       rngs={'sample': jax.random.key(7)})
   nats = np.asarray(terms['loss_diff']) * 3 * math.log(2)
   target = exact['cont'] if cont_time else exact[timesteps]
   assert abs(nats.mean() - target) < 4 * nats.std() / math.sqrt(n)
+  return nats
+
+
+def test_mask_count_estimator_has_lower_variance():
+  """Same ELBO, a fraction of the 'time' estimator's variance (its 1/t weight is gone)."""
+  time = _monte_carlo_nats('linear', True, 1000, 'time')
+  count = _monte_carlo_nats('linear', True, 1000, 'mask_count')
+  assert count.var() < 0.25 * time.var(), (count.var(), time.var())
+
+
+def test_mask_count_masks_exactly_m_real_tokens():
+  model = _padded_model(toys.Oracle((0.4, 0.3, 0.2, 0.1)), elbo_estimator='mask_count')
+  x = jnp.broadcast_to(jnp.asarray([2, 0, 1, 3, 3]), (300, 5))
+  t, z, weight = model.apply({}, x, method=model.mask_count_sample,
+                             rngs={'sample': jax.random.key(0)})
+  z, weight = np.asarray(z), np.asarray(weight)
+  assert (z[:, 3:] == 3).all()  # padding untouched
+  m = (z[:, :3] == 4).sum(1)
+  assert sorted(set(m)) == [1, 2, 3] and abs((m == 1).mean() - 1 / 3) < 0.01  # stratified
+  inside = weight != 0
+  assert inside.mean() > 0.99
+  np.testing.assert_allclose(weight[inside], -3 / m[inside])
+  assert (np.asarray(t) >= 0).all() and (np.asarray(t) <= 1).all()
+
+
+def test_mask_count_needs_continuous_time():
+  with pytest.raises(ValueError, match='continuous-time'):
+    _model(toys.Oracle((0.5, 0.5)), 2, 4, cont_time=False, elbo_estimator='mask_count')
+  with pytest.raises(ValueError, match='elbo_estimator'):
+    _model(toys.Oracle((0.5, 0.5)), 2, 4, elbo_estimator='count')
 
 
 def test_loss_terms_shapes_and_units():
@@ -162,10 +201,11 @@ def test_padding_is_never_masked():
   assert 0.8 < (z[:, :3] == 4).mean() < 1.0
 
 
-def test_padded_monte_carlo_loss_matches_enumeration_over_real_tokens():
+@pytest.mark.parametrize('estimator', ['time', 'mask_count'])
+def test_padded_monte_carlo_loss_matches_enumeration_over_real_tokens(estimator):
   """Exact E over masks of the 3 real tokens only, with the padding fixed and seen by a
   context-dependent network, integrated over t; bits per token divide by 3, not 5."""
-  model = _padded_model(toys.ToyNet(4))
+  model = _padded_model(toys.ToyNet(4), elbo_estimator=estimator)
   x = np.array([2, 0, 1, 3, 3])
   params = toys.init(model, jnp.asarray(x)[None])
   nodes, weights = np.polynomial.legendre.leggauss(200)

@@ -31,6 +31,16 @@ def test_dalpha_is_autodiff_of_alpha(name):
   np.testing.assert_allclose(s.dalpha(t), autodiff, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('name', NAMES)
+def test_time_of_alpha_inverts_alpha(name):
+  s = schedules.MaskingSchedule(name)
+  t = np.linspace(0.05, 1.0, 96)  # (float32: t^K near 0 loses t's digits for poly3)
+  np.testing.assert_allclose(s.time_of_alpha(s.alpha(jnp.asarray(t))), t, atol=2e-5)
+  # And the other way round, at the end points of α's range.
+  a = jnp.asarray([schedules.EPS, 0.3, 1.0 - schedules.EPS])
+  np.testing.assert_allclose(s.alpha(s.time_of_alpha(a)), a, rtol=1e-6)
+
+
 def test_weight_formula_and_closed_forms():
   t = jnp.asarray([0.2, 0.5, 0.9])
   eps = schedules.EPS

@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.cont_time = True  # continuous-time ELBO; False: the T-step ELBO
   config.model.timesteps = 1000  # T of the discrete-time ELBO (cont_time=False)
   config.model.antithetic_time_sampling = True  # stratified t over the batch
+  # Estimator of the continuous-time ELBO, for training and eval: 'time' (the paper's: t ~ U,
+  # independent masks) or 'mask_count' (the number of masks ~ U, t from its posterior): the
+  # same expectation, with far less variance at small t. See md4.models.md4.
+  config.model.elbo_estimator = 'time'
 
   config.network = ml_collections.ConfigDict()  # backbone; `type` picks it
   config.network.type = 'transformer'  # key of md4.networks.NETWORKS

@@ -23,6 +23,9 @@ def call_network(network, z, t, label, train):
   return network(z, t, label=label, train=train)
 
 
+ELBO_ESTIMATORS = ('time', 'mask_count')
+
+
 def uniform_times(rng, batch_size, antithetic):
   """u ~ U(0, 1) per example [B]; antithetic: u_i = (u + i/B) mod 1 (Kingma et al., 2021)."""
   if antithetic:
@@ -40,6 +43,10 @@ class MD4(nn.Module):
   cont_time: bool = True  # continuous-time ELBO or the T-step one
   timesteps: int = 1000  # T of the discrete-time ELBO, when cont_time is False
   antithetic_time_sampling: bool = True
+  # Monte-Carlo estimator of the continuous-time ELBO (both unbiased for the same value):
+  # 'time' draws t and masks each token independently (the paper's); 'mask_count' draws the
+  # number of masked tokens, which removes the 1/t variance at small t (see `mask_count_sample`).
+  elbo_estimator: str = 'time'
   # Padded data (set from the dataset): the padding id, never masked and never counted in
   # the ELBO, and P(length = L) for L = 0..S, from which `sample_prior` draws the length.
   pad_id: int | None = None
@@ -49,6 +56,12 @@ class MD4(nn.Module):
     schedules.MaskingSchedule(self.noise_schedule)  # raises on an unknown name
     if self.timesteps < 1:
       raise ValueError(f'model.timesteps must be >= 1, got {self.timesteps}')
+    if self.elbo_estimator not in ELBO_ESTIMATORS:
+      raise ValueError(f'unknown model.elbo_estimator {self.elbo_estimator!r}; choose from'
+                       f' {list(ELBO_ESTIMATORS)}')
+    if self.elbo_estimator == 'mask_count' and not self.cont_time:
+      raise ValueError("model.elbo_estimator 'mask_count' estimates the continuous-time"
+                       " ELBO; set model.cont_time=True or use 'time'")
     if self.pad_id is not None and not (
         0 <= self.pad_id < self.vocab_size and len(self.data_shape) == 1
         and self.length_probs is not None
@@ -83,6 +96,41 @@ class MD4(nn.Module):
     alpha_t = self.schedule.alpha(t).reshape((-1,) + (1,) * (x.ndim - 1))
     keep = jax.random.bernoulli(self.make_rng('sample'), alpha_t, x.shape)
     return jnp.where(keep | self.is_padding(x), x, self.mask_id)
+
+  def mask_count_sample(self, x):
+    """(t, z_t, weight) for the mask-count estimator of the continuous-time ELBO.
+
+    With s = 1 − α(t) the masking rate, ds = −α′(t) dt, so for an example of n tokens
+    (padding excluded) the diffusion term is
+
+      ∫₀¹ α′/(1 − α) E[Σ_masked log μθ] dt = −∫_ε^{1−ε} (1/s) E[Σ_masked log μθ] ds.
+
+    Split by the number m of masked tokens, P(m | s) = C(n, m) s^m (1 − s)^(n−m), given m the
+    masked set is uniform, and (1/s)·C(n, m) s^m (1 − s)^(n−m) = (1/m)·Beta(s; m, n − m + 1).
+    Hence the term equals
+
+      −n · E_{m ~ U{1..n}} E_{s ~ Beta(m, n−m+1)} [1{ε ≤ s ≤ 1 − ε} · (1/m) Σ_masked log μθ(z, t(s))]
+
+    with exactly m tokens masked, uniformly, and t(s) = α⁻¹(1 − s): the same ELBO, whose
+    estimate no longer multiplies the few masked tokens of a small t by 1/t. m is stratified
+    over the batch like t (antithetic_time_sampling). weight [B] is −n/m, or 0 when s falls
+    outside [ε, 1 − ε], so that weight · Σ_masked log μθ estimates the term.
+    """
+    b = x.shape[0]
+    pad = self.is_padding(x).reshape(b, -1)  # [B, N]
+    n = jnp.maximum(jnp.sum(~pad, axis=1), 1).astype(jnp.float32)  # [B]
+    m = jnp.minimum(jnp.floor(self.sample_times(b) * n) + 1.0, n)  # U{1..n}
+    rng_s, rng_where = jax.random.split(self.make_rng('sample'))
+    s = jax.random.beta(rng_s, m, n - m + 1.0)  # masking rate given m
+    eps = self.schedule.eps
+    weight = jnp.where((s >= eps) & (s <= 1.0 - eps), -n / m, 0.0)
+    t = self.schedule.time_of_alpha(jnp.clip(1.0 - s, eps, 1.0 - eps))
+    # The m real positions with the smallest uniform scores are masked.
+    scores = jnp.where(pad, jnp.inf, jax.random.uniform(rng_where, pad.shape))
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    masked = (rank < m[:, None]) & ~pad
+    z_t = jnp.where(masked.reshape(x.shape), self.mask_id, x)
+    return t, z_t, weight
 
   def predict_logits(self, z, t, train=False, label=None):
     """Logits of μθ(z_t, t) over the V tokens: [B, *S] -> [B, *S, V].
@@ -119,13 +167,16 @@ class MD4(nn.Module):
     """
     return n * self.schedule.alpha(1.0) * math.log(self.vocab_size)
 
-  def diffusion_loss(self, x, t, z_t, logits):
-    """Per-example diffusion term in nats, continuous or T-step."""
+  def diffusion_loss(self, x, t, z_t, logits, weight=None):
+    """Per-example diffusion term in nats, continuous or T-step; `weight` [B] replaces the
+    continuous-time weight α′/(1 − α) (the mask-count estimator's)."""
     log_p = jax.nn.log_softmax(logits, axis=-1)
     log_p_x = jnp.take_along_axis(log_p, x[..., None], axis=-1)[..., 0]  # [B, *S]
     is_masked = z_t == self.mask_id
     axes = tuple(range(1, x.ndim))
     masked_log_p = jnp.sum(jnp.where(is_masked, log_p_x, 0.0), axis=axes)  # [B]
+    if weight is not None:
+      return weight * masked_log_p
     if self.cont_time:
       # ∫₀¹ α′_t/(1 − α_t) · Σ_{n: z_t^n = m} x_nᵀ log μθ(z_t, t)_n dt, one t per example.
       return self.schedule.weight(t) * masked_log_p
@@ -142,15 +193,19 @@ class MD4(nn.Module):
     for t and z_t, and 'dropout' when training.
     """
     batch_size = x.shape[0]
-    t = self.sample_times(batch_size)
-    if not self.cont_time:
-      t = (jnp.floor(t * self.timesteps) + 1) / self.timesteps  # i/T, i ∈ {1..T}
-    z_t = self.forward_sample(x, t)
+    weight = None
+    if self.elbo_estimator == 'mask_count':
+      t, z_t, weight = self.mask_count_sample(x)
+    else:
+      t = self.sample_times(batch_size)
+      if not self.cont_time:
+        t = (jnp.floor(t * self.timesteps) + 1) / self.timesteps  # i/T, i ∈ {1..T}
+      z_t = self.forward_sample(x, t)
     logits = self.predict_logits(z_t, t, train=train, label=label)
     # n: the tokens that count, all but padding, at least 1. [B]
     n = jnp.maximum(jnp.sum(~self.is_padding(x), axis=tuple(range(1, x.ndim))), 1)
     to_bits = 1.0 / (n * math.log(2.0))  # [B]: each example in bits per (real) token
-    loss_diff = self.diffusion_loss(x, t, z_t, logits) * to_bits
+    loss_diff = self.diffusion_loss(x, t, z_t, logits, weight) * to_bits
     loss_recon = self.recon_loss(n) * to_bits
     loss_prior = self.prior_loss(n) * to_bits
     return {

@@ -174,7 +174,8 @@ class Block(nn.Module):
     qkv = _fused((d, 3, h, k), 'bld,dthk->blthk', ('embed', None, 'heads', None),
                  self.dtype, 'qkv')(y)
     qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
-    q, kk, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, K]
+    # jnp.split, not indexing: its gradient is one concatenation, not three padded copies.
+    q, kk, v = (a.squeeze(2) for a in jnp.split(qkv, 3, axis=2))  # [B, L, H, K]
     positions = jnp.arange(l, dtype=jnp.float32)
     q, kk = rotary(q, positions).astype(v.dtype), rotary(kk, positions).astype(v.dtype)
     impl = self.attention_impl
@@ -192,7 +193,7 @@ class Block(nn.Module):
     y = modulate(_rms_norm('mlp_norm', self.dtype)(x), shift2, scale2)
     y = _fused((d, 2, f), 'bld,dtf->bltf', ('embed', None, 'mlp'), self.dtype, 'mlp_in')(y)
     y = _constrain(y, ('batch', 'length', None, 'act_mlp'))  # [B, L, 2, F]
-    gate, up = y[:, :, 0], y[:, :, 1]
+    gate, up = (a.squeeze(2) for a in jnp.split(y, 2, axis=2))  # [B, L, F]
     y = MLP_ACTIVATIONS[self.mlp_type](gate) * up  # [B, L, F]
     y = dense(d, ('mlp', 'embed'), std=self.out_std, name='mlp_out')(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
