@@ -109,7 +109,8 @@ class MD4(nn.Module):
     masked set is uniform, and (1/s)·C(n, m) s^m (1 − s)^(n−m) = (1/m)·Beta(s; m, n − m + 1).
     Hence the term equals
 
-      −n · E_{m ~ U{1..n}} E_{s ~ Beta(m, n−m+1)} [1{ε ≤ s ≤ 1 − ε} · (1/m) Σ_masked log μθ(z, t(s))]
+      −n · E_{m ~ U{1..n}} E_{s ~ Beta(m, n−m+1)}
+             [1{ε ≤ s ≤ 1 − ε} · (1/m) Σ_masked log μθ(z, t(s))]
 
     with exactly m tokens masked, uniformly, and t(s) = α⁻¹(1 − s): the same ELBO, whose
     estimate no longer multiplies the few masked tokens of a small t by 1/t. m is stratified
