@@ -88,6 +88,10 @@ class MD4(nn.Module):
     """[B, *S] bool: positions that hold the padding id (none without padding)."""
     return jnp.zeros(x.shape, bool) if self.pad_id is None else x == self.pad_id
 
+  def num_tokens(self, x):
+    """[B]: the tokens of each example that count in the ELBO, all but padding, at least 1."""
+    return jnp.maximum(jnp.sum(~self.is_padding(x), axis=tuple(range(1, x.ndim))), 1)
+
   def forward_sample(self, x, t):
     """z_t ~ q(z_t | x): keep each token with probability α(t), else the mask id.
 
@@ -119,7 +123,7 @@ class MD4(nn.Module):
     """
     b = x.shape[0]
     pad = self.is_padding(x).reshape(b, -1)  # [B, N]
-    n = jnp.maximum(jnp.sum(~pad, axis=1), 1).astype(jnp.float32)  # [B]
+    n = self.num_tokens(x).astype(jnp.float32)  # [B]
     m = jnp.minimum(jnp.floor(self.sample_times(b) * n) + 1.0, n)  # U{1..n}
     rng_s, rng_where = jax.random.split(self.make_rng('sample'))
     s = jax.random.beta(rng_s, m, n - m + 1.0)  # masking rate given m
@@ -203,8 +207,7 @@ class MD4(nn.Module):
         t = (jnp.floor(t * self.timesteps) + 1) / self.timesteps  # i/T, i ∈ {1..T}
       z_t = self.forward_sample(x, t)
     logits = self.predict_logits(z_t, t, train=train, label=label)
-    # n: the tokens that count, all but padding, at least 1. [B]
-    n = jnp.maximum(jnp.sum(~self.is_padding(x), axis=tuple(range(1, x.ndim))), 1)
+    n = self.num_tokens(x)  # [B]
     to_bits = 1.0 / (n * math.log(2.0))  # [B]: each example in bits per (real) token
     loss_diff = self.diffusion_loss(x, t, z_t, logits, weight) * to_bits
     loss_recon = self.recon_loss(n) * to_bits
