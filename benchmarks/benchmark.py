@@ -10,7 +10,9 @@ temporaries - donated aliases), model FLOPs per token, counted (6 per parameter-
 every dense layer applied per token, i.e. 2 forward + 4 backward, plus 12·L·D per token per
 layer for attention scores and values) and as XLA's cost analysis counts them, achieved
 FLOP/s, and that as a fraction of this device's peak measured in the same run with a large
-matrix product in the compute dtype (model FLOP utilisation, MFU).
+matrix product in the compute dtype (model FLOP utilisation, MFU). Each shape's step uses its
+config's optimizer: Muon for the default (its Newton-Schulz products are not model FLOPs, so
+they lower MFU), AdamW for 4L-256 and text8.
 
 --sweep adds, for each sequence length in --sweep_lengths with and without remat, the
 largest batch whose compiled step fits in the device's memory (found from the compiled
@@ -62,6 +64,7 @@ def shapes():
   small = shakespeare.get_config()
   small.network.n_layers, small.network.num_heads, small.network.feature_dim = 4, 4, 64
   small.data.data_shape, small.batch_size = (256,), 16
+  small.opt.optimizer = 'adamw'  # the original's optimizer: MFU of the model's own step
   big = text8.get_config()
   big.batch_size, big.network.dropout_rate, big.network.dtype = 8, 0.0, 'float32'
   md4_s = text8.get_config()  # MD4-S: text8's 12 x 768 network on GPT-2 tokens

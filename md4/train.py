@@ -217,14 +217,35 @@ def state_shardings(model, optimizer, mesh, rules, example_batch):
       logical, params, is_leaf=lambda x: isinstance(x, P))
   opt_state = jax.eval_shape(optimizer.init, params)
   replicated = NamedSharding(mesh, P())
-  opt_sh = optax.tree_map_params(
-      optimizer, lambda _, sh: sh, opt_state, param_sh,
-      transform_non_params=lambda _: replicated)
+  opt_sh = _mirror_shardings(opt_state, params, param_sh, replicated)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
                         ema_params=params, opt_state=opt_state)
   shardings = TrainState(step=replicated, params=param_sh, ema_params=param_sh,
                          opt_state=opt_sh)
   return abstract, shardings, init_params
+
+
+def _mirror_shardings(tree, params, param_sh, default):
+  """Shardings for `tree`: a leaf whose key path ends in a parameter's path and whose shape is
+  that parameter's takes its sharding (Adam moments, Muon momentum), anything else `default`.
+
+  Path suffixes rather than optax.tree_map_params, which cannot follow the masked states of
+  optimizers that partition the parameters (Muon with AdamW for the rest).
+  """
+  names = lambda path: tuple(getattr(k, 'key', getattr(k, 'name', None)) for k in path)
+  by_path = {names(path): (p.shape, sh) for (path, p), sh in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(param_sh))}
+  depth = max(map(len, by_path))
+
+  def pick(path, leaf):
+    keys = names(path)
+    for n in range(min(depth, len(keys)), 0, -1):
+      shape, sh = by_path.get(keys[-n:], (None, None))
+      if sh is not None and shape == leaf.shape:
+        return sh
+    return default
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
 
 
 def init_state(optimizer, init_params, shardings, rng):

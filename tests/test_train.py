@@ -128,6 +128,66 @@ def test_weight_decay_and_clipping():
   assert float(updates['kernel'][0, 0]) < 0
 
 
+def test_muon_orthogonalises_each_block_matrix_and_adams_the_rest():
+  """opt.optimizer='muon': one step moves each of q, k, v (and gate, up) by an orthogonal-ish
+  matrix on its own (singular values near 1, times lr), not the fused kernel as one matrix;
+  the embedding and norms take AdamW's step."""
+  config = tiny_config(**{'opt.optimizer': 'muon', 'opt.warmup_steps': 0,
+                          'opt.lr_schedule': 'constant', 'opt.grad_clip': 0.0,
+                          'opt.muon_learning_rate': 0.5, 'opt.learning_rate': 0.1})
+  d, h, k, f = 16, 2, 8, 48
+  params = {'block_0': {'qkv': {'kernel': jnp.zeros((d, 3, h, k))},
+                        'mlp_in': {'kernel': jnp.zeros((d, 2, f))},
+                        'mlp_out': {'kernel': jnp.zeros((f, d))},
+                        'attn_norm': {'scale': jnp.ones(d)}},
+            'embed': {'embedding': jnp.zeros((5, d))}}
+  rng = np.random.default_rng(0)
+
+  def well_conditioned(m, n):  # singular values spread over [1, 3]
+    u = np.linalg.qr(rng.normal(size=(m, m)))[0]
+    v = np.linalg.qr(rng.normal(size=(n, n)))[0]
+    r = min(m, n)
+    return (u[:, :r] * np.linspace(1.0, 3.0, r)) @ v[:r]
+
+  grads = {'block_0': {
+      'qkv': {'kernel': np.stack([well_conditioned(d, h * k).reshape(d, h, k)
+                                  for _ in range(3)], axis=1)},
+      'mlp_in': {'kernel': np.stack([well_conditioned(d, f) for _ in range(2)], axis=1)},
+      'mlp_out': {'kernel': well_conditioned(f, d)},
+      'attn_norm': {'scale': rng.normal(size=d)}},
+           'embed': {'embedding': rng.normal(size=(5, d))}}
+  grads = jax.tree.map(jnp.asarray, grads)
+  # Scale q, k and v's gradients differently: a joint orthogonalisation would keep the
+  # ratio, a separate one removes it.
+  grads['block_0']['qkv']['kernel'] *= jnp.array([1.0, 10.0, 100.0])[None, :, None, None]
+  tx = optim.make_optimizer(config.opt, 10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+
+  def singular_values(m):
+    return np.linalg.svd(np.asarray(m), compute_uv=False)
+
+  qkv = updates['block_0']['qkv']['kernel']
+  for i in range(3):  # each a D x HK matrix, orthogonalised on its own
+    s = singular_values(qkv[:, i].reshape(d, h * k)) / 0.5
+    assert 0.5 < s.min() and s.max() < 1.5, (i, s)
+  for i in range(2):  # gate and up: D x F, scaled by sqrt(F / D) for width transfer
+    s = singular_values(updates['block_0']['mlp_in']['kernel'][:, i]) / 0.5
+    s /= np.sqrt(f / d)
+    assert 0.5 < s.min() and s.max() < 1.5, (i, s)
+  s = singular_values(updates['block_0']['mlp_out']['kernel']) / 0.5
+  assert 0.5 < s.min() and s.max() < 1.5, s
+  adamw = optax.adamw(0.1, b1=0.9, b2=config.opt.b2, weight_decay=0.0)
+  for name, g, u in [('embedding', grads['embed']['embedding'],
+                      updates['embed']['embedding']),
+                     ('scale', grads['block_0']['attn_norm']['scale'],
+                      updates['block_0']['attn_norm']['scale'])]:
+    expected, _ = adamw.update(g, adamw.init(g), g)
+    np.testing.assert_allclose(u, expected, rtol=1e-5, err_msg=name)
+  config.opt.optimizer = 'lion'
+  with pytest.raises(ValueError, match="unknown opt.optimizer 'lion'"):
+    optim.make_optimizer(config.opt, 10)
+
+
 def test_nan_check_names_step_and_metric():
   with pytest.raises(FloatingPointError, match="'loss' is nan at step 7"):
     train._check_finite(7, {'loss': jnp.float32(np.nan)})

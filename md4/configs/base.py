@@ -65,7 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
       ('act_heads', 'tensor'), ('act_mlp', 'tensor'), ('act_vocab', 'tensor'),
   )
 
-  config.opt = ml_collections.ConfigDict()  # AdamW with b1 = 0.9
+  config.opt = ml_collections.ConfigDict()
+  config.opt.optimizer = 'adamw'  # 'adamw' (b1 = 0.9), or 'muon' for the blocks' matrices
+  config.opt.muon_learning_rate = 0.02  # peak, for opt.optimizer = 'muon'
   config.opt.learning_rate = 3e-4  # peak
   config.opt.lr_schedule = 'cosine'  # after warm-up: 'cosine' (to 0) or 'constant'
   config.opt.warmup_steps = 2000  # linear warm-up from 0

@@ -22,12 +22,14 @@ def get_config():
   config.network.num_heads = 4  # 4 x 32 beats 2 x 64 at the same width (3.47 vs 3.55 bits)
   config.network.feature_dim = 32
 
-  config.opt.learning_rate = 3e-3
-  config.opt.warmup_steps = 200
+  # Muon on the blocks' matrices, AdamW on the rest. Valid bits after 1000 steps: AdamW 3.42;
+  # Muon at lr 0.01 3.25, 0.02 3.24, 0.04 3.33, and 3.20 with warm-up 100 instead of 200.
+  # Its orthogonalisation adds about 20 ms to a 150 ms step here.
+  config.opt.optimizer = 'muon'
+  config.opt.muon_learning_rate = 0.02
+  config.opt.learning_rate = 3e-3  # AdamW's part: embeddings, output layer, norms, adaLN
+  config.opt.warmup_steps = 100
   config.opt.ema_rate = 0.999
-  # How long a run sits near the unigram loss before it uses context decides where it ends;
-  # that depends on the seed and the learning rate (1000-step runs, valid bits: lr 2e-3
-  # 3.86, 3e-3 3.42, 5e-3 3.54). Clipping at norm 1 shortened the stall of seed 0.
   config.opt.grad_clip = 1.0
 
   config.sampling.timesteps = 64
@@ -35,9 +37,9 @@ def get_config():
 
   config.batch_size = 32
   config.eval_batch_size = 256
-  config.num_train_steps = 3200
+  config.num_train_steps = 2700
   config.log_every_steps = 100
-  config.eval_every_steps = 1600
-  config.sample_every_steps = 1600
-  config.checkpoint_every_steps = 1600
+  config.eval_every_steps = 1350
+  config.sample_every_steps = 1350
+  config.checkpoint_every_steps = 1350
   return config
