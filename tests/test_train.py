@@ -131,7 +131,7 @@ def test_weight_decay_and_clipping():
 def test_muon_orthogonalises_each_block_matrix_and_adams_the_rest():
   """opt.optimizer='muon': one step moves each of q, k, v (and gate, up) by an orthogonal-ish
   matrix on its own (singular values near 1, times lr), not the fused kernel as one matrix;
-  the embedding and norms take AdamW's step."""
+  the embedding and norms take AdamW's (with Nesterov momentum, as optax's Muon does)."""
   config = tiny_config(**{'opt.optimizer': 'muon', 'opt.warmup_steps': 0,
                           'opt.lr_schedule': 'constant', 'opt.grad_clip': 0.0,
                           'opt.muon_learning_rate': 0.5, 'opt.learning_rate': 0.1})
@@ -176,7 +176,7 @@ def test_muon_orthogonalises_each_block_matrix_and_adams_the_rest():
     assert 0.5 < s.min() and s.max() < 1.5, (i, s)
   s = singular_values(updates['block_0']['mlp_out']['kernel']) / 0.5
   assert 0.5 < s.min() and s.max() < 1.5, s
-  adamw = optax.adamw(0.1, b1=0.9, b2=config.opt.b2, weight_decay=0.0)
+  adamw = optax.adamw(0.1, b1=0.9, b2=config.opt.b2, weight_decay=0.0, nesterov=True)
   for name, g, u in [('embedding', grads['embed']['embedding'],
                       updates['embed']['embedding']),
                      ('scale', grads['block_0']['attn_norm']['scale'],
