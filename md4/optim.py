@@ -73,19 +73,16 @@ def make_optimizer(opt_config, num_train_steps):
   if opt_config.optimizer not in OPTIMIZERS:
     raise ValueError(f'unknown opt.optimizer {opt_config.optimizer!r}; '
                      f'choose from {sorted(OPTIMIZERS)}')
-  lr = learning_rate_schedule(opt_config, num_train_steps)
-  adamw = optax.adamw(lr, b1=ADAM_B1, b2=opt_config.b2,
-                      weight_decay=opt_config.weight_decay, mask=_decay_mask)
-  if opt_config.optimizer == 'adamw':
-    opt = adamw
-  else:
+  use_muon = opt_config.optimizer == 'muon'
+  opt = optax.adamw(learning_rate_schedule(opt_config, num_train_steps), b1=ADAM_B1,
+                    b2=opt_config.b2, weight_decay=opt_config.weight_decay, mask=_decay_mask,
+                    nesterov=use_muon)
+  if use_muon:
     muon = optax.contrib.muon(
         learning_rate_schedule(opt_config, num_train_steps, opt_config.muon_learning_rate),
         beta=MUON_BETA, weight_decay=opt_config.weight_decay,
         muon_weight_dimension_numbers=_muon_dimension_numbers)
-    nadamw = optax.adamw(lr, b1=ADAM_B1, b2=opt_config.b2, weight_decay=opt_config.weight_decay,
-                         mask=_decay_mask, nesterov=True)
-    opt = optax.partition({'muon': muon, 'adamw': nadamw}, _muon_labels)
+    opt = optax.partition({'muon': muon, 'adamw': opt}, _muon_labels)
   if opt_config.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip), opt)
   return opt
