@@ -5,14 +5,16 @@ r"""Training and sampling speed against the hardware's limit, printed as Markdow
   python benchmarks/benchmark.py --only=text8 --mesh=1,-1,1   # FSDP over every device
 
 Data are random tokens of each shape's vocabulary, so no data set is needed. For each shape:
-parameters, tokens/s per device, step time, compile time, peak device memory of the compiled step (XLA's buffer assignment: arguments + outputs +
-temporaries - donated aliases), model FLOPs per token, counted (6 per parameter-token of
-every dense layer applied per token, i.e. 2 forward + 4 backward, plus 12·L·D per token per
-layer for attention scores and values) and as XLA's cost analysis counts them, achieved
-FLOP/s, and that as a fraction of this device's peak measured in the same run with a large
-matrix product in the compute dtype (model FLOP utilisation, MFU). Each shape's step uses its
-config's optimizer: Muon for the default (its Newton-Schulz products are not model FLOPs, so
-they lower MFU), AdamW for 4L-256 and text8.
+parameters, tokens/s per device, step time, compile time, peak device memory of the
+compiled step (XLA's buffer assignment: arguments + outputs + temporaries - donated
+aliases), model FLOPs per token, counted (6 per parameter-token of every dense layer applied
+per token, i.e. 2 forward + 4 backward, plus 12·L·D per token per layer for attention scores
+and values) and as XLA's cost analysis counts them, achieved FLOP/s, and that as a fraction
+of this device's peak (model FLOP utilisation, MFU). The peak is the best rate of a large
+matrix product in the compute dtype, measured just before and just after each row's timed
+steps (the larger of the two), so that a shared machine's load moves both alike. Each
+shape's step uses its config's optimizer: Muon for the default (its Newton-Schulz products
+are not model FLOPs, so they lower MFU), AdamW for 4L-256 and text8.
 
 --sweep adds, for each sequence length in --sweep_lengths with and without remat, the
 largest batch whose compiled step fits in the device's memory (found from the compiled
@@ -186,9 +188,12 @@ class Step:
     return float(np.median(times)), state.params
 
 
-def speed_row(name, step, batch_size, peak_flops, compiled_info=None):
+def speed_row(name, step, batch_size, compiled_info=None):
   compiled, compile_s, peak_bytes, xla_flops = compiled_info or step.compile(batch_size)
+  dtype = jnp.dtype(step.config.network.dtype)
+  peak_flops = matmul_peak(dtype)
   step_s, params = step.time(compiled, batch_size, _STEPS.value)
+  peak_flops = max(peak_flops, matmul_peak(dtype))
   seq_len = step.info.data_shape[0]
   tokens = batch_size * seq_len
   n_dev = step.mesh.size
@@ -205,6 +210,7 @@ def speed_row(name, step, batch_size, peak_flops, compiled_info=None):
       'peak GiB/device': f'{peak_bytes / 2**30:.2f}',
       'model GFLOP/token (XLA)': f'{per_token / 1e9:.3f} ({xla_flops / tokens / 1e9:.3f})',
       'TFLOP/s/device': f'{flops_per_device / step_s / 1e12:.2f}',
+      'peak TFLOP/s': f'{peak_flops / 1e12:.2f}',
       'MFU': f'{100 * flops_per_device / step_s / peak_flops:.1f}%',
   }
 
@@ -235,7 +241,7 @@ def largest_batch(step, limit):
   return unit, infos[unit]
 
 
-def sweep_rows(name, vocab_size, peak_flops):
+def sweep_rows(name, vocab_size):
   rows = []
   limit = device_memory()
   for seq_len in (int(s) for s in _SWEEP_LENGTHS.value):
@@ -252,7 +258,7 @@ def sweep_rows(name, vocab_size, peak_flops):
       else:
         batch, info = found
         try:
-          rows.append(speed_row(name, step, batch, peak_flops, info))
+          rows.append(speed_row(name, step, batch, info))
         except jax.errors.JaxRuntimeError as e:  # out of memory despite the estimate
           rows.append({'shape': name, 'batch x len': f'{batch} x {seq_len}',
                        'dtype / remat': f'{config.network.dtype} / {remat}',
@@ -301,26 +307,22 @@ def main(argv):
   for name in _ONLY.value:
     if name not in all_shapes:
       raise app.UsageError(f'unknown shape {name!r}; choose from {sorted(all_shapes)}')
-  dtypes = {apply_flags(all_shapes[n][0]).network.dtype for n in _ONLY.value}
-  peaks = {d: matmul_peak(jnp.dtype(d)) for d in sorted(dtypes)}
   device = jax.devices()[0]
   print(f'Machine: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
-        f'{os.cpu_count()} host cores, jax {jax.__version__}; matmul peak per device: ' +
-        ', '.join(f'{d} {p / 1e12:.2f} TFLOP/s' for d, p in peaks.items()) + '\n',
-        flush=True)
+        f'{os.cpu_count()} host cores, jax {jax.__version__}\n', flush=True)
   rows = []
   for name in _ONLY.value:
     config, vocab_size = all_shapes[name]
     config = apply_flags(config)
     mesh, rules = mesh_and_rules(config)
     step = Step(config, vocab_size, mesh, rules)
-    rows.append(speed_row(name, step, config.batch_size, peaks[config.network.dtype]))
+    rows.append(speed_row(name, step, config.batch_size))
   print_table(rows)
   if _SWEEP.value:
     for name in _ONLY.value:
-      config, vocab_size = all_shapes[name]
+      vocab_size = all_shapes[name][1]
       print(f'Largest batch in {device_memory() / 2**30:.1f} GiB per device ({name}):')
-      print_table(sweep_rows(name, vocab_size, peaks[apply_flags(config).network.dtype]))
+      print_table(sweep_rows(name, vocab_size))
   if _SAMPLE_STEPS.value:
     print_table([bench_sampling(n, *all_shapes[n]) for n in _ONLY.value])
 

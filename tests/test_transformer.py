@@ -158,6 +158,28 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
   assert float(jnp.abs(logits16 - logits32).max()) > 0  # it did compute in bfloat16
 
 
+def test_einsum_attention_is_jax_dot_product_attention():
+  """The CPU kernel (normalised after the second product) against jax's, values and
+  gradients, alone with large scores and inside the network."""
+  from md4.networks.transformer import einsum_attention
+  q, k, v = (8.0 * jax.random.normal(jax.random.key(i), (2, 7, 3, 4)) for i in range(3))
+  g = jax.random.normal(jax.random.key(3), (2, 7, 3, 4))
+  ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='xla')
+  f = lambda fn: jax.value_and_grad(lambda *a: (fn(*a) * g).sum(), argnums=(0, 1, 2))(q, k, v)
+  (ours, ours_g), (theirs, theirs_g) = f(einsum_attention), f(ref)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+  for a, b in zip(ours_g, theirs_g):  # float32 round-off on gradients of order 1
+    np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()))
+
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  t = jnp.array([0.2, 0.9])
+  variables = {'params': _perturbed(_init(_net())['params'])}
+  loss, grads = _loss_and_grads(_net(attention_impl='xla'), variables, z, t)
+  loss_e, grads_e = _loss_and_grads(_net(attention_impl='einsum'), variables, z, t)
+  np.testing.assert_allclose(loss_e, loss, rtol=1e-5)
+  _assert_close(grads_e, grads)
+
+
 @pytest.mark.parametrize('key,value', [('dtype', 'float16'), ('remat_policy', 'some'),
                                        ('attention_impl', 'flash')])
 def test_unknown_precision_remat_and_attention_options_are_rejected(key, value):

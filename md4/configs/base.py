@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.network.dtype = 'float32'
   config.network.remat_policy = 'none'  # recompute blocks in the backward pass: 'none', 'full', 'dots'
   config.network.scan_layers = False  # scan one block over depth: compile time flat in n_layers
-  # jax.nn.dot_product_attention kernel: 'auto' (cuDNN on GPUs in bfloat16), 'xla', 'cudnn'
+  # Attention kernel: 'auto' (cuDNN on GPUs in bfloat16, 'einsum' on CPUs, else 'xla'),
+  # 'xla' or 'cudnn' (jax.nn.dot_product_attention's), 'einsum' (md4.networks.transformer's)
   config.network.attention_impl = 'auto'
 
   # Sharding with --sharded (without it: data parallel over every device, parameters
