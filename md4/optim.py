@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LR_SCHEDULES = ('cosine', 'constant')
+LR_SCHEDULES = ('cosine', 'linear', 'constant')
 OPTIMIZERS = ('adamw', 'muon')
 ADAM_B1 = 0.9
 MUON_BETA = 0.95  # Muon's (Nesterov) momentum
@@ -20,7 +20,8 @@ MUON_AXES = {
 
 
 def learning_rate_schedule(opt_config, num_train_steps, lr=None):
-  """Linear warm-up from 0 to `lr` (default `learning_rate`), then cosine decay to 0 at the last step, or constant."""
+  """Linear warm-up from 0 to `lr` (default `learning_rate`), then, by `opt.lr_schedule`,
+  cosine or linear decay to 0 at the last step, or constant."""
   if opt_config.lr_schedule not in LR_SCHEDULES:
     raise ValueError(f'unknown opt.lr_schedule {opt_config.lr_schedule!r}; '
                      f'choose from {sorted(LR_SCHEDULES)}')
@@ -29,9 +30,9 @@ def learning_rate_schedule(opt_config, num_train_steps, lr=None):
   if opt_config.lr_schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup, decay_steps=max(num_train_steps, warmup + 1))
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
-      [warmup])
+  after = (optax.linear_schedule(lr, 0.0, max(num_train_steps - warmup, 1))
+           if opt_config.lr_schedule == 'linear' else optax.constant_schedule(lr))
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
 def _decay_mask(params):

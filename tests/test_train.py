@@ -107,6 +107,12 @@ def test_learning_rate_schedules():
   assert float(cosine(10)) == pytest.approx(1.0)
   assert float(cosine(60)) == pytest.approx(0.5, abs=1e-6)
   assert float(cosine(110)) == pytest.approx(0.0, abs=1e-6)
+  opt.lr_schedule = 'linear'
+  linear = optim.learning_rate_schedule(opt, 110)
+  assert float(linear(5)) == pytest.approx(0.5)
+  assert float(linear(10)) == pytest.approx(1.0)
+  assert float(linear(85)) == pytest.approx(0.25)
+  assert float(linear(110)) == pytest.approx(0.0, abs=1e-6)
   opt.lr_schedule = 'constant'
   constant = optim.learning_rate_schedule(opt, 110)
   assert float(constant(5)) == pytest.approx(0.5)

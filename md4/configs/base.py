@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.opt.optimizer = 'adamw'  # 'adamw' (b1 = 0.9), or 'muon' for the blocks' matrices
   config.opt.muon_learning_rate = 0.02  # peak, for opt.optimizer = 'muon'
   config.opt.learning_rate = 3e-4  # peak
-  config.opt.lr_schedule = 'cosine'  # after warm-up: 'cosine' (to 0) or 'constant'
+  config.opt.lr_schedule = 'cosine'  # after warm-up: 'cosine' or 'linear' (to 0), 'constant'
   config.opt.warmup_steps = 2000  # linear warm-up from 0
   config.opt.b2 = 0.999
   config.opt.weight_decay = 0.0  # decoupled, on matrices only
