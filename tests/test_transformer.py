@@ -180,6 +180,16 @@ def test_einsum_attention_is_jax_dot_product_attention():
   _assert_close(grads_e, grads)
 
 
+def test_accelerator_layout_computes_the_same_function(monkeypatch):
+  """Off CPUs, fused kernels keep their shape in the product and attention is jax's."""
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  t = jnp.array([0.2, 0.9])
+  variables = {'params': _perturbed(_init(_net())['params'])}
+  cpu = _net().apply(variables, z, t)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  np.testing.assert_allclose(_net().apply(variables, z, t), cpu, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('key,value', [('dtype', 'float16'), ('remat_policy', 'some'),
                                        ('attention_impl', 'flash')])
 def test_unknown_precision_remat_and_attention_options_are_rejected(key, value):
