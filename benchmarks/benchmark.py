@@ -308,8 +308,9 @@ def main(argv):
     if name not in all_shapes:
       raise app.UsageError(f'unknown shape {name!r}; choose from {sorted(all_shapes)}')
   device = jax.devices()[0]
+  malloc = 'mimalloc' if train.mimalloc_preloaded() else 'glibc'
   print(f'Machine: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
-        f'{os.cpu_count()} host cores, jax {jax.__version__}\n', flush=True)
+        f'{os.cpu_count()} host cores, jax {jax.__version__}, {malloc} malloc\n', flush=True)
   rows = []
   for name in _ONLY.value:
     config, vocab_size = all_shapes[name]

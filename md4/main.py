@@ -49,6 +49,7 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if jax.process_index() != 0:  # process 0 logs; the others only warn
     logging.set_verbosity(logging.WARNING)
+  train.warn_without_mimalloc()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, sharded=_SHARDED.value)
 
 

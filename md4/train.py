@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import sysconfig
 import time
 from typing import Any
 
@@ -46,6 +47,33 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
+
+
+def mimalloc_preloaded() -> bool:
+  """Whether this process runs with mimalloc (LD_PRELOAD) instead of glibc's malloc."""
+  if not os.path.exists('/proc/self/maps'):
+    return False
+  with open('/proc/self/maps') as f:
+    return 'libmimalloc' in f.read()
+
+
+def warn_without_mimalloc():
+  """On a CPU, says how to run with mimalloc when this process runs without it.
+
+  Under glibc's malloc, XLA's CPU runtime hands its step's temporary buffer back to the
+  kernel after every step and the next step faults it in again (about 130 MB for the
+  Shakespeare default). mimalloc with MIMALLOC_PURGE_DELAY=-1 keeps freed memory, and
+  training steps run 1.1x (text8's model) to 1.4x (the default) faster.
+  """
+  if jax.default_backend() != 'cpu' or (
+      mimalloc_preloaded() and os.environ.get('MIMALLOC_PURGE_DELAY') == '-1'):
+    return
+  lib = os.path.join(sysconfig.get_paths()['purelib'], 'cmeel.prefix', 'lib',
+                     'libmimalloc.so.3')
+  if not os.path.exists(lib):
+    lib = '<site-packages>/cmeel.prefix/lib/libmimalloc.so.3 after pip install cmeel-mimalloc'
+  logging.warning('On this CPU, training steps run up to 1.4x faster with'
+                  ' MIMALLOC_PURGE_DELAY=-1 LD_PRELOAD=%s (as `make train` does).', lib)
 
 
 def build_model(config, info: data.DatasetInfo):

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import jax
 import jax.numpy as jnp
@@ -276,3 +277,23 @@ def test_cli_rejects_unknown_key_and_bad_value(tmp_path):
   assert proc.returncode != 0 and 'learning_rat' in proc.stderr
   proc = _cli(tmp_path / 'b', '--config.model.noise_schedule=quadratic')
   assert proc.returncode != 0 and "unknown masking schedule 'quadratic'" in proc.stderr
+
+
+def test_cpu_run_says_how_to_preload_mimalloc():
+  """The warning appears unless mimalloc is preloaded and set to keep freed memory."""
+  lib = os.path.join(sysconfig.get_paths()['purelib'], 'cmeel.prefix', 'lib',
+                     'libmimalloc.so.3')
+  code = ('from absl import logging; from md4 import train; logging.use_absl_handler();'
+          ' train.warn_without_mimalloc()')
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('LD_PRELOAD', 'MIMALLOC_PURGE_DELAY')}
+  run = lambda env: subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env,
+                                   capture_output=True, text=True, timeout=120)
+  without = run(env)
+  assert without.returncode == 0, without.stderr[-2000:]
+  hint = f'MIMALLOC_PURGE_DELAY=-1 LD_PRELOAD={lib}'
+  assert hint in without.stderr
+  assert hint in run({**env, 'LD_PRELOAD': lib}).stderr  # preloaded, but purging
+  with_lib = run({**env, 'LD_PRELOAD': lib, 'MIMALLOC_PURGE_DELAY': '-1'})
+  assert with_lib.returncode == 0, with_lib.stderr[-2000:]
+  assert 'mimalloc' not in with_lib.stderr

@@ -38,9 +38,9 @@ def get_config():
 
   config.batch_size = 32
   config.eval_batch_size = 256
-  config.num_train_steps = 3200
+  config.num_train_steps = 4200  # about 8 minutes with mimalloc (`make train`)
   config.log_every_steps = 100
-  config.eval_every_steps = 1600
-  config.sample_every_steps = 1600
-  config.checkpoint_every_steps = 1600
+  config.eval_every_steps = 2100
+  config.sample_every_steps = 2100
+  config.checkpoint_every_steps = 2100
   return config
