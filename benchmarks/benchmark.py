@@ -11,7 +11,7 @@ aliases), model FLOPs per token, counted (6 per parameter-token of every dense l
 per token, i.e. 2 forward + 4 backward, plus 12·L·D per token per layer for attention scores
 and values) and as XLA's cost analysis counts them, achieved FLOP/s, and that as a fraction
 of this device's peak (model FLOP utilisation, MFU). The peak is the best rate of a large
-matrix product in the compute dtype, measured just before and just after each row's timed
+matrix product in the dtype of the model's products, measured just before and just after each row's timed
 steps (the larger of the two), so that a shared machine's load moves both alike. Each
 shape's step uses its config's optimizer: Muon for the default (its Newton-Schulz products
 are not model FLOPs, so they lower MFU), AdamW for 4L-256 and text8.
@@ -42,12 +42,15 @@ from md4 import sampling
 from md4 import train
 from md4.configs.md4 import shakespeare
 from md4.configs.md4 import text8
+from md4.networks import transformer
 
 _ONLY = flags.DEFINE_list('only', ['default', '4L-256', 'text8'], 'Shapes to run.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed training steps per shape.')
 _BATCH = flags.DEFINE_integer('batch', None, 'Global batch size (default: the shape\'s).')
 _SEQ_LEN = flags.DEFINE_integer('seq_len', None, 'Sequence length (default: the shape\'s).')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype.')
+_MATMUL_DTYPE = flags.DEFINE_enum('matmul_dtype', None, ['float32', 'bfloat16'],
+                                  'network.matmul_dtype: operands of the dense products.')
 _REMAT = flags.DEFINE_string('remat', None, 'network.remat_policy.')
 _SCAN = flags.DEFINE_bool('scan', None, 'network.scan_layers.')
 _ATTENTION = flags.DEFINE_string('attention', None, 'network.attention_impl.')
@@ -67,6 +70,7 @@ def shapes():
   small.network.n_layers, small.network.num_heads, small.network.feature_dim = 4, 4, 64
   small.data.data_shape, small.batch_size = (256,), 16
   small.opt.optimizer = 'adamw'  # the original's optimizer: MFU of the model's own step
+  small.network.matmul_dtype = ''  # float32 products, against the float32 peak
   big = text8.get_config()
   big.batch_size, big.network.dropout_rate, big.network.dtype = 8, 0.0, 'float32'
   md4_s = text8.get_config()  # MD4-S: text8's 12 x 768 network on GPT-2 tokens
@@ -79,6 +83,7 @@ def shapes():
 def apply_flags(config):
   for value, section, key in ((_BATCH.value, config, 'batch_size'),
                               (_DTYPE.value, config.network, 'dtype'),
+                              (_MATMUL_DTYPE.value, config.network, 'matmul_dtype'),
                               (_REMAT.value, config.network, 'remat_policy'),
                               (_SCAN.value, config.network, 'scan_layers'),
                               (_ATTENTION.value, config.network, 'attention_impl')):
@@ -98,10 +103,11 @@ def mesh_and_rules(config):
 
 
 def matmul_peak(dtype):
-  """Best FLOP/s of one device's n³ matrix product in `dtype` (n = 8192 on accelerators)."""
+  """Best FLOP/s of one device's n³ matrix product in `dtype` (n = 8192 on accelerators),
+  accumulated in float32 as the model's products are (transformer.float32_matmul)."""
   n = 2048 if jax.default_backend() == 'cpu' else 8192
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda a: a @ a)
+  f = jax.jit(lambda a: transformer.float32_matmul(a, a))
   f(a).block_until_ready()
   best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(10))
   return 2 * n**3 / best
@@ -190,7 +196,7 @@ class Step:
 
 def speed_row(name, step, batch_size, compiled_info=None):
   compiled, compile_s, peak_bytes, xla_flops = compiled_info or step.compile(batch_size)
-  dtype = jnp.dtype(step.config.network.dtype)
+  dtype = jnp.dtype(step.config.network.matmul_dtype or step.config.network.dtype)
   peak_flops = matmul_peak(dtype)
   step_s, params = step.time(compiled, batch_size, _STEPS.value)
   peak_flops = max(peak_flops, matmul_peak(dtype))
@@ -203,7 +209,8 @@ def speed_row(name, step, batch_size, compiled_info=None):
       'shape': name,
       'params': f'{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M',
       'batch x len': f'{batch_size} x {seq_len}',
-      'dtype / remat': f'{step.config.network.dtype} / {step.config.network.remat_policy}',
+      'dtype (products) / remat': f'{_dtypes(step.config.network)} / '
+                                  f'{step.config.network.remat_policy}',
       'tokens/s/device': f'{tokens / step_s / n_dev:,.0f}',
       'step ms': f'{1e3 * step_s:.1f}',
       'compile s': f'{compile_s:.1f}',
@@ -213,6 +220,12 @@ def speed_row(name, step, batch_size, compiled_info=None):
       'peak TFLOP/s': f'{peak_flops / 1e12:.2f}',
       'MFU': f'{100 * flops_per_device / step_s / peak_flops:.1f}%',
   }
+
+
+def _dtypes(network):
+  """'float32', or 'float32 (bfloat16)' when the products' operands differ."""
+  products = network.matmul_dtype
+  return network.dtype + (f' ({products})' if products not in ('', network.dtype) else '')
 
 
 def device_memory():
@@ -254,14 +267,14 @@ def sweep_rows(name, vocab_size):
       found = largest_batch(step, limit)
       if found is None:
         rows.append({'shape': name, 'batch x len': f'none fits x {seq_len}',
-                     'dtype / remat': f'{config.network.dtype} / {remat}'})
+                     'dtype (products) / remat': f'{_dtypes(config.network)} / {remat}'})
       else:
         batch, info = found
         try:
           rows.append(speed_row(name, step, batch, info))
         except jax.errors.JaxRuntimeError as e:  # out of memory despite the estimate
           rows.append({'shape': name, 'batch x len': f'{batch} x {seq_len}',
-                       'dtype / remat': f'{config.network.dtype} / {remat}',
+                       'dtype (products) / remat': f'{_dtypes(config.network)} / {remat}',
                        'MFU': f'failed to run: {str(e)[:100]}'})
       print_row(rows[-1])
   return rows

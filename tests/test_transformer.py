@@ -190,25 +190,49 @@ def test_accelerator_layout_computes_the_same_function(monkeypatch):
   np.testing.assert_allclose(_net().apply(variables, z, t), cpu, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('key,value', [('dtype', 'float16'), ('remat_policy', 'some'),
-                                       ('attention_impl', 'flash')])
+@pytest.mark.parametrize('key,value', [('dtype', 'float16'), ('matmul_dtype', 'int8'),
+                                       ('remat_policy', 'some'), ('attention_impl', 'flash')])
 def test_unknown_precision_remat_and_attention_options_are_rejected(key, value):
   with pytest.raises(ValueError, match=f'unknown {key} {value!r}'):
     _net(**{key: value})
 
 
-def test_float32_logits_gradient():
-  """The output product's hand-written backward pass against autodiff of a plain product."""
-  from md4.networks.transformer import float32_logits
-  x = jax.random.normal(jax.random.key(0), (2, 3, 8))
+def test_float32_matmul_gradient():
+  """The 16-bit product's hand-written backward pass against autodiff of a plain product."""
+  from md4.networks.transformer import float32_matmul
+  x = jax.random.normal(jax.random.key(0), (6, 8))
   w = jax.random.normal(jax.random.key(1), (8, 5))
-  g = jax.random.normal(jax.random.key(2), (2, 3, 5))
-  f = lambda fn: jax.grad(lambda x, w: (fn(x, w) * g).sum(), argnums=(0, 1))(x, w)
-  ours, plain = f(float32_logits), f(lambda x, w: x @ w)
-  for a, b in zip(ours, plain):
+  g = jax.random.normal(jax.random.key(2), (6, 5))
+  grads = lambda fn, x, w: jax.grad(lambda x, w: (fn(x, w) * g).sum(), argnums=(0, 1))(x, w)
+  plain = grads(lambda x, w: x @ w, x, w)
+  for a, b in zip(grads(float32_matmul, x, w), plain):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  assert float32_logits(xb, wb).dtype == jnp.float32
-  dx, dw = jax.grad(lambda x, w: (float32_logits(x, w) * g).sum(), argnums=(0, 1))(xb, wb)
+  assert float32_matmul(xb, wb).dtype == jnp.float32
+  np.testing.assert_allclose(float32_matmul(xb, wb), x @ w, rtol=0.05, atol=0.1)
+  dx, dw = grads(float32_matmul, xb, wb)
   assert dx.dtype == dw.dtype == jnp.bfloat16
-  np.testing.assert_allclose(dx.astype(jnp.float32), plain[0], rtol=0.05, atol=0.05)
+  np.testing.assert_allclose(dx.astype(jnp.float32), plain[0], rtol=0.05, atol=0.1)
+  np.testing.assert_allclose(dw.astype(jnp.float32), plain[1], rtol=0.05, atol=0.1)
+  # Both backward products (the forward one is unused here) take 16-bit operands.
+  hlo = jax.jit(lambda x, w: grads(float32_matmul, x, w)).lower(xb, wb).as_text()
+  operands = [l.split(':')[-1].split('->')[0] for l in hlo.splitlines() if 'dot_general' in l]
+  assert len(operands) == 2 and all(o.count('bf16>') == 2 for o in operands), operands
+
+
+def test_bfloat16_products_with_float32_activations():
+  """matmul_dtype='bfloat16' rounds only the products' inputs: the same function and
+  gradient as float32 to bfloat16's precision, with float32 logits."""
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  t = jnp.array([0.3, 0.8])
+  net32, net16 = _net(), _net(matmul_dtype='bfloat16')
+  params = _perturbed(_init(net32)['params'])  # non-zero output layer and adaLN
+  out = lambda net: (lambda p: net.apply({'params': p}, z, t))
+  y32, y16 = out(net32)(params), out(net16)(params)
+  assert y16.dtype == jnp.float32
+  np.testing.assert_allclose(y16, y32, atol=0.02 * float(jnp.abs(y32).max()))
+  assert not np.allclose(y16, y32, rtol=0, atol=1e-7)  # it did round
+  g32, g16 = (jax.grad(lambda p: jnp.sum(out(n)(p) ** 2))(params) for n in (net32, net16))
+  for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.abs(a).max()) + 1e-6)

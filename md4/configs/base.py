@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Compute dtype, 'float32' or 'bfloat16' (accelerators); parameters, optimizer state,
   # logits and the loss stay float32.
   config.network.dtype = 'float32'
+  # Operands of the dense layers' matrix products, accumulated in float32: '' (the compute
+  # dtype) or 'bfloat16', which with dtype 'float32' rounds only the products' inputs: on
+  # CPUs with bfloat16 matrix units (AMX) the products run 2-5x faster.
+  config.network.matmul_dtype = ''
   config.network.remat_policy = 'none'  # recompute blocks in the backward pass: 'none', 'full', 'dots'
   config.network.scan_layers = False  # scan one block over depth: compile time flat in n_layers
   # Attention kernel: 'auto' (cuDNN on GPUs in bfloat16, 'einsum' on CPUs, else 'xla'),

@@ -51,65 +51,83 @@ class Projection(nn.Module):
   """
   features: tuple[int, ...]
   axes: tuple[str | None, ...]  # logical axes of the kernel [D, *features]
-  dtype: jnp.dtype
+  dtype: jnp.dtype  # of the output (the activations)
   std: float = 0.02
   zero: bool = False
+  matmul_dtype: jnp.dtype | None = None  # of the product's operands (None: dtype)
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
     init = nn.initializers.zeros if self.zero else nn.initializers.normal(self.std)
+    md = self.matmul_dtype or self.dtype
     kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
-                        (d,) + self.features, jnp.float32).astype(self.dtype)
-    x2 = x.reshape(-1, d).astype(self.dtype)  # [N, D]
+                        (d,) + self.features, jnp.float32).astype(md)
+    x2 = x.reshape(-1, d).astype(md)  # [N, D]
     if jax.default_backend() == 'cpu':
-      y = x2 @ kernel.reshape(d, -1)
+      y = float32_matmul(x2, kernel.reshape(d, -1))
     else:
       y = jnp.tensordot(x2, kernel, axes=1)
-    return y.reshape(x.shape[:-1] + self.features)
+    return y.astype(self.dtype).reshape(x.shape[:-1] + self.features)
 
 
-def _dense(features, axes, dtype, std=0.02, name=None, zero=False):
-  return Projection((features,), axes, dtype, std=std, zero=zero, name=name)
+def _dense(features, axes, dtype, std=0.02, name=None, zero=False, matmul_dtype=None):
+  return Projection((features,), axes, dtype, std=std, zero=zero, name=name,
+                    matmul_dtype=matmul_dtype)
+
+
+def float32_matmul(x, w):
+  """x [N, D] · w [D, F] with operands in their dtype, accumulated and returned in float32."""
+  if x.dtype == w.dtype == jnp.float32:
+    return x @ w
+  return _low_precision_matmul(x, w)
+
+
+def _matmul(spec, a, b):
+  """einsum(spec, a, b) accumulated in float32, on operands with a leading axis of size 1.
+
+  With that axis XLA's CPU backend runs all three products of a layer in 16 bits on its
+  YNNPACK kernels (AMX units where the CPU has them); as 2-D products it runs x·wᵀ about
+  4x slower and hands xᵀ·g to Eigen, which first converts both operands to float32.
+  Elsewhere the axis costs nothing.
+  """
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
-def float32_logits(x, w):
-  """x [..., D] · w [D, V] in their (compute) dtype, accumulated and returned in float32.
-
-  The backward products also run in the compute dtype: the float32 cotangent is rounded to
-  it first, so a bfloat16 model never falls back to float32 products for its largest layer.
-  """
-  return jnp.einsum('...d,dv->...v', x, w, preferred_element_type=jnp.float32)
+def _low_precision_matmul(x, w):
+  """float32_matmul for 16-bit operands; its backward products are 16-bit too (the float32
+  cotangent is rounded first), so they never fall back to float32 products."""
+  return _matmul('knd,df->knf', x[None], w)[0]
 
 
-def _float32_logits_fwd(x, w):
-  return float32_logits(x, w), (x, w)
+def _low_precision_matmul_fwd(x, w):
+  return _low_precision_matmul(x, w), (x, w)
 
 
-def _float32_logits_bwd(residuals, g):  # g [..., V] float32
+def _low_precision_matmul_bwd(residuals, g):  # g [N, F] float32
   x, w = residuals
-  g = g.astype(x.dtype)
-  dx = jnp.einsum('...v,dv->...d', g, w, preferred_element_type=jnp.float32)
-  dw = jnp.einsum('...d,...v->dv', x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]),
-                  preferred_element_type=jnp.float32)
+  g = g.astype(x.dtype)[None]
+  dx = _matmul('knf,df->knd', g, w)[0]
+  dw = _matmul('knd,knf->df', x[None], g)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-float32_logits.defvjp(_float32_logits_fwd, _float32_logits_bwd)
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
 class Logits(nn.Module):
   """The zero-initialised output layer: [..., D] -> float32 logits [..., V]."""
   vocab_size: int
-  dtype: jnp.dtype
+  dtype: jnp.dtype  # of the product's operands
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param(
         'kernel', nn.with_logical_partitioning(nn.initializers.zeros, ('embed', 'vocab')),
         (x.shape[-1], self.vocab_size), jnp.float32)
-    return float32_logits(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = float32_matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
+    return y.reshape(x.shape[:-1] + (self.vocab_size,))
 
 
 def _rms_norm(name, dtype):
@@ -180,11 +198,12 @@ class Block(nn.Module):
   out_std: float
   dtype: jnp.dtype
   attention_impl: str
+  matmul_dtype: jnp.dtype | None = None  # of the products' operands (None: dtype)
 
   @nn.compact
   def __call__(self, x, cond, train):  # x [B, L, D], cond [B, C] or None
     b, l, d = x.shape
-    dense = functools.partial(_dense, dtype=self.dtype)
+    dense = functools.partial(_dense, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
     x = _constrain(x, ('batch', 'length', 'act_embed'))
     h, k = self.num_heads, self.feature_dim
     if cond is None:
@@ -201,7 +220,8 @@ class Block(nn.Module):
 
     # Attention.
     y = modulate(_rms_norm('attn_norm', self.dtype)(x), shift1, scale1)
-    qkv = Projection((3, h, k), ('embed', None, 'heads', None), self.dtype, name='qkv')(y)
+    qkv = Projection((3, h, k), ('embed', None, 'heads', None), self.dtype, name='qkv',
+                     matmul_dtype=self.matmul_dtype)(y)
     qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
     # jnp.split, not indexing: its gradient is one concatenation, not three padded copies.
     q, kk, v = (a.squeeze(2) for a in jnp.split(qkv, 3, axis=2))  # [B, L, H, K]
@@ -223,7 +243,8 @@ class Block(nn.Module):
     # Gated MLP.
     f = MLP_MULTIPLE * math.ceil(8 * d / 3 / MLP_MULTIPLE)
     y = modulate(_rms_norm('mlp_norm', self.dtype)(x), shift2, scale2)
-    y = Projection((2, f), ('embed', None, 'mlp'), self.dtype, name='mlp_in')(y)
+    y = Projection((2, f), ('embed', None, 'mlp'), self.dtype, name='mlp_in',
+                   matmul_dtype=self.matmul_dtype)(y)
     y = _constrain(y, ('batch', 'length', None, 'act_mlp'))  # [B, L, 2, F]
     gate, up = (a.squeeze(2) for a in jnp.split(y, 2, axis=2))  # [B, L, F]
     y = MLP_ACTIVATIONS[self.mlp_type](gate) * up  # [B, L, F]
@@ -253,6 +274,10 @@ class Transformer(nn.Module):
   depth_scaled_init: bool = True  # residual output layers std 0.02/√(2·n_layers)
   cond_dim: int = 128  # width C of the time embedding that drives adaLN
   dtype: str = 'float32'  # compute dtype (see DTYPES); parameters and logits stay float32
+  # Operands of the dense layers' products ('': dtype), accumulated in float32. 'bfloat16'
+  # with dtype 'float32' suits CPUs with bfloat16 matrix units (AMX): only the products
+  # round their inputs; the rest of the network computes in float32.
+  matmul_dtype: str = ''
   remat_policy: str = 'none'  # see REMAT_POLICIES
   scan_layers: bool = False  # one scanned block: compile time flat in depth
   attention_impl: str = 'auto'  # see ATTENTION_IMPLS
@@ -263,6 +288,7 @@ class Transformer(nn.Module):
                                 (self.time_features, TIME_FEATURES,
                                  'time_features'),
                                 (self.dtype, DTYPES, 'dtype'),
+                                (self.matmul_dtype, ('',) + tuple(DTYPES), 'matmul_dtype'),
                                 (self.remat_policy, REMAT_POLICIES, 'remat_policy'),
                                 (self.attention_impl, ATTENTION_IMPLS, 'attention_impl')):
       if value not in allowed:
@@ -274,7 +300,8 @@ class Transformer(nn.Module):
   def __call__(self, z, t, train=False):  # z [B, L] int, t [B] -> [B, L, V]
     d = self.num_heads * self.feature_dim
     dtype = DTYPES[self.dtype]
-    dense = functools.partial(_dense, dtype=dtype)
+    matmul_dtype = DTYPES[self.matmul_dtype or self.dtype]
+    dense = functools.partial(_dense, dtype=dtype, matmul_dtype=matmul_dtype)
     x = nn.Embed(
         self.vocab_size + 1,
         d,
@@ -292,7 +319,7 @@ class Transformer(nn.Module):
 
     out_std = 0.02 / math.sqrt(2 * self.n_layers) if self.depth_scaled_init else 0.02
     block_args = (self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
-                  self.dropout_rate, out_std, dtype, self.attention_impl)
+                  self.dropout_rate, out_std, dtype, self.attention_impl, matmul_dtype)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
@@ -316,5 +343,5 @@ class Transformer(nn.Module):
           dense(2 * d, ('cond', 'embed'), zero=True, name='final_adaln')(
               nn.silu(cond)), 2, axis=-1)
       x = modulate(x, shift, scale)
-    logits = Logits(self.vocab_size, dtype, name='logits')(x)  # [B, L, V] float32
+    logits = Logits(self.vocab_size, matmul_dtype, name='logits')(x)  # [B, L, V] float32
     return _constrain(logits, ('batch', 'length', 'act_vocab'))

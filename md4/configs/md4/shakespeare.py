@@ -21,6 +21,10 @@ def get_config():
   config.network.n_layers = 4
   config.network.num_heads = 4  # 4 x 32 beats 2 x 64 at the same width (3.47 vs 3.55 bits)
   config.network.feature_dim = 32
+  # Products in bfloat16 (accumulated in float32), the rest in float32: on this machine's
+  # AMX units the train step takes 82 ms instead of 108; valid bits after 1000 steps
+  # 3.157 and 3.186 (seeds 0, 1) against 3.166 and 3.216 in float32.
+  config.network.matmul_dtype = 'bfloat16'
 
   # Muon on the blocks' matrices, AdamW on the rest. Valid bits after 1000 steps: AdamW 3.42;
   # Muon at lr 0.01 3.25, 0.02 3.24, 0.04 3.33, and 3.20 with warm-up 100 instead of 200.
@@ -38,9 +42,9 @@ def get_config():
 
   config.batch_size = 32
   config.eval_batch_size = 256
-  config.num_train_steps = 4200  # about 8 minutes with mimalloc (`make train`)
+  config.num_train_steps = 4900  # about 8 minutes with mimalloc (`make train`)
   config.log_every_steps = 100
-  config.eval_every_steps = 2100
-  config.sample_every_steps = 2100
-  config.checkpoint_every_steps = 2100
+  config.eval_every_steps = 2450
+  config.sample_every_steps = 2450
+  config.checkpoint_every_steps = 2450
   return config
