@@ -340,7 +340,7 @@ def validate_config(config, num_devices):
   check(config.sampling.num_samples % num_devices == 0,
         f'sampling.num_samples {config.sampling.num_samples} must be divisible by the '
         f'{num_devices} devices')
-  for key in ('log_every_steps', 'eval_every_steps', 'sample_every_steps',
+  for key in ('log_every_steps', 'eval_every_steps', 'eval_repeats', 'sample_every_steps',
               'checkpoint_every_steps', 'keep_checkpoints'):
     check(config[key] >= 1, f'{key} must be >= 1, got {config[key]}')
   check(0.0 <= config.opt.ema_rate < 1.0, 'opt.ema_rate must be in [0, 1)')
@@ -362,8 +362,13 @@ class JsonlWriter:
 
 
 def evaluate(eval_fn, params, splits, info, config, mesh, rng):
-  """ELBO terms on every full batch of every eval split: {'{split}_{term}': mean}."""
+  """ELBO terms on every full batch of every eval split: {'{split}_{term}': mean}.
+
+  Each batch is estimated `eval_repeats` times with independent draws of t (or of the
+  mask count) and masks, which divides the estimate's Monte-Carlo variance by that number.
+  """
   sharding = batch_sharding(mesh)
+  repeats = config.eval_repeats
   results = {}
   for split in info.eval_splits:
     sums, n = {}, 0
@@ -371,9 +376,10 @@ def evaluate(eval_fn, params, splits, info, config, mesh, rng):
         splits[split], config.eval_batch_size, jax.process_index(),
         jax.process_count())):
       batch = global_batch(sharding, local)
-      metrics = eval_fn(params, batch, jax.random.fold_in(rng, i))
-      sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
-      n += 1
+      for r in range(repeats):
+        metrics = eval_fn(params, batch, jax.random.fold_in(rng, i * repeats + r))
+        sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
+        n += 1
     results.update({f'{split}_{k}': float(v) / n for k, v in sums.items()})
   return results
 

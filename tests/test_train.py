@@ -204,12 +204,37 @@ def test_nan_check_names_step_and_metric():
     ('batch_size', 10, 'divisible by num_microbatches'),
     ('num_train_steps', 0, 'num_train_steps'),
     ('opt.ema_rate', 1.0, 'ema_rate'),
+    ('eval_repeats', 0, 'eval_repeats must be >= 1'),
 ])
 def test_bad_config_values(key, value, match):
   config = tiny_config(**{'num_microbatches': 4, key: value})
   with pytest.raises(ValueError, match=match):
     train.validate_config(config, 1)
 
+
+
+def test_eval_repeats_average_independent_draws():
+  """eval_repeats=3 is the mean of three single-draw evals per batch, with keys i·3 + r."""
+  from md4 import data
+  config = tiny_config(**{'eval_batch_size': 16})
+  info, splits = data.load_dataset(config.data)
+  model = train.build_model(config, info)
+  mesh = train.make_mesh()
+  params = model.init({'params': jax.random.key(0), 'sample': jax.random.key(1)},
+                      jnp.zeros((2,) + info.data_shape, jnp.int32))['params']
+  params = jax.tree.map(  # a non-zero output layer, so that the loss depends on the masks
+      lambda p: p + 0.3 * jax.random.normal(jax.random.key(4), p.shape), params)
+  splits = {s: splits[s][:32] for s in info.eval_splits}  # two batches per split
+  eval_fn = jax.jit(lambda p, b, r: train.eval_step(model, p, b, r))
+  rng = jax.random.key(3)
+  config.eval_repeats = 3
+  repeated = train.evaluate(eval_fn, params, splits, info, config, mesh, rng)
+  for split in info.eval_splits:
+    single = [float(eval_fn(params, jnp.asarray(splits[split][16 * i:16 * (i + 1)]),
+                            jax.random.fold_in(rng, 3 * i + r))['loss'])
+              for i in range(2) for r in range(3)]
+    assert repeated[f'{split}_loss'] == pytest.approx(np.mean(single), rel=1e-5)
+    assert np.std(single) > 0  # the draws differ
 
 def _restore(directory, step):
   with ocp.CheckpointManager(directory) as manager:

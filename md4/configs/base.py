@@ -94,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_microbatches = 1  # gradient accumulation: batch_size / this per pass
   config.num_train_steps = 1_000_000
   config.eval_batch_size = 512  # global; every full batch of each eval split is used
+  # Draws of t (or the mask count) and masks per eval example: the eval ELBO's Monte-Carlo
+  # noise falls as 1/sqrt(eval_repeats), its time grows in proportion.
+  config.eval_repeats = 1
   config.log_every_steps = 500  # train metrics are averaged over this many steps
   config.eval_every_steps = 10_000
   config.sample_every_steps = 50_000
