@@ -11,8 +11,9 @@ aliases), model FLOPs per token, counted (6 per parameter-token of every dense l
 per token, i.e. 2 forward + 4 backward, plus 12·L·D per token per layer for attention scores
 and values) and as XLA's cost analysis counts them, achieved FLOP/s, and that as a fraction
 of this device's peak (model FLOP utilisation, MFU). The peak is the best rate of a large
-matrix product in the dtype of the model's products, measured just before and just after each row's timed
-steps (the larger of the two), so that a shared machine's load moves both alike. Each
+matrix product in the dtype of the model's products, measured just before and just after
+each row's timed steps (the larger of the two), so that a shared machine's load moves both
+alike. Each
 shape's step uses its config's optimizer: Muon for the default (its Newton-Schulz products
 are not model FLOPs, so they lower MFU), AdamW for 4L-256 and text8.
 

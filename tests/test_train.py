@@ -15,6 +15,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from md4 import data
 from md4 import optim
 from md4 import train
 from md4.configs.md4 import shakespeare
@@ -212,10 +213,8 @@ def test_bad_config_values(key, value, match):
     train.validate_config(config, 1)
 
 
-
 def test_eval_repeats_average_independent_draws():
   """eval_repeats=3 is the mean of three single-draw evals per batch, with keys i·3 + r."""
-  from md4 import data
   config = tiny_config(**{'eval_batch_size': 16})
   info, splits = data.load_dataset(config.data)
   model = train.build_model(config, info)
@@ -235,6 +234,7 @@ def test_eval_repeats_average_independent_draws():
               for i in range(2) for r in range(3)]
     assert repeated[f'{split}_loss'] == pytest.approx(np.mean(single), rel=1e-5)
     assert np.std(single) > 0  # the draws differ
+
 
 def _restore(directory, step):
   with ocp.CheckpointManager(directory) as manager:

@@ -203,6 +203,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, cond, train):  # x [B, L, D], cond [B, C] or None
     b, l, d = x.shape
+    project = functools.partial(Projection, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
     dense = functools.partial(_dense, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
     x = _constrain(x, ('batch', 'length', 'act_embed'))
     h, k = self.num_heads, self.feature_dim
@@ -220,8 +221,7 @@ class Block(nn.Module):
 
     # Attention.
     y = modulate(_rms_norm('attn_norm', self.dtype)(x), shift1, scale1)
-    qkv = Projection((3, h, k), ('embed', None, 'heads', None), self.dtype, name='qkv',
-                     matmul_dtype=self.matmul_dtype)(y)
+    qkv = project((3, h, k), ('embed', None, 'heads', None), name='qkv')(y)
     qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
     # jnp.split, not indexing: its gradient is one concatenation, not three padded copies.
     q, kk, v = (a.squeeze(2) for a in jnp.split(qkv, 3, axis=2))  # [B, L, H, K]
@@ -243,8 +243,7 @@ class Block(nn.Module):
     # Gated MLP.
     f = MLP_MULTIPLE * math.ceil(8 * d / 3 / MLP_MULTIPLE)
     y = modulate(_rms_norm('mlp_norm', self.dtype)(x), shift2, scale2)
-    y = Projection((2, f), ('embed', None, 'mlp'), self.dtype, name='mlp_in',
-                   matmul_dtype=self.matmul_dtype)(y)
+    y = project((2, f), ('embed', None, 'mlp'), name='mlp_in')(y)
     y = _constrain(y, ('batch', 'length', None, 'act_mlp'))  # [B, L, 2, F]
     gate, up = (a.squeeze(2) for a in jnp.split(y, 2, axis=2))  # [B, L, F]
     y = MLP_ACTIVATIONS[self.mlp_type](gate) * up  # [B, L, F]
