@@ -196,6 +196,56 @@ def test_muon_orthogonalises_each_block_matrix_and_adams_the_rest():
     optim.make_optimizer(config.opt, 10)
 
 
+@pytest.mark.parametrize('muon_dtype,rtol', [('float32', 1e-4), ('bfloat16', 0.1)])
+def test_muon_matches_optax_muon(muon_dtype, rtol):
+  """Our Muon, which stacks each block's same-shaped matrices into one Newton-Schulz batch,
+  against optax.contrib.muon, one matrix at a time, over three steps with weight decay, on
+  unscanned blocks and a scanned one (a leading layer axis); bfloat16 products round."""
+  config = tiny_config(**{'opt.optimizer': 'muon', 'opt.warmup_steps': 0,
+                          'opt.lr_schedule': 'constant', 'opt.grad_clip': 0.0,
+                          'opt.weight_decay': 0.1, 'opt.muon_dtype': muon_dtype})
+  rng = np.random.default_rng(0)
+  shapes = {'block_0': {'qkv': (16, 3, 2, 8), 'attn_out': (16, 16), 'mlp_in': (16, 2, 48),
+                        'mlp_out': (48, 16), 'attn_norm': (16,)},
+            'block_1': {'qkv': (16, 3, 2, 8), 'mlp_out': (48, 16)},
+            'blocks': {'qkv': (3, 16, 3, 2, 8), 'mlp_in': (3, 16, 2, 48)},
+            'embed': (5, 16)}
+  params = jax.tree.map(  # {'kernel': ...}, {'scale': ...} for the norm
+      lambda shape: {'kernel' if len(shape) > 1 else 'scale':
+                     jnp.asarray(rng.normal(size=shape), jnp.float32)},
+      shapes, is_leaf=lambda x: isinstance(x, tuple))
+
+  def dimension_numbers(tree):
+    def spec(path, x):
+      axes = optim._muon_axes(path, x)
+      return None if axes is None else optax.contrib.MuonDimensionNumbers(*axes[1:])
+    return jax.tree_util.tree_map_with_path(spec, tree)
+
+  schedule = lambda lr: optim.learning_rate_schedule(config.opt, 10, lr)
+  reference = optax.partition({
+      'muon': optax.contrib.muon(schedule(config.opt.muon_learning_rate), beta=0.95,
+                                 weight_decay=0.1,
+                                 muon_weight_dimension_numbers=dimension_numbers),
+      'adamw': optax.adamw(schedule(config.opt.learning_rate), b1=0.9, b2=config.opt.b2,
+                           weight_decay=0.1, mask=optim._decay_mask, nesterov=True)},
+                              optim._muon_labels)
+  ours = optim.make_optimizer(config.opt, 10)
+  state, ref_state = ours.init(params), reference.init(params)
+  for _ in range(3):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+                         params)
+    updates, state = ours.update(grads, state, params)
+    expected, ref_state = reference.update(grads, ref_state, params)
+  labels = optim._muon_labels(params)
+  assert jax.tree.leaves(labels).count('muon') == 8
+  for u, e in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
+    scale = float(jnp.abs(e).max())
+    np.testing.assert_allclose(u / scale, e / scale, atol=rtol)
+  config.opt.muon_dtype = 'float16'
+  with pytest.raises(ValueError, match="unknown opt.muon_dtype 'float16'"):
+    optim.make_optimizer(config.opt, 10)
+
+
 def test_nan_check_names_step_and_metric():
   with pytest.raises(FloatingPointError, match="'loss' is nan at step 7"):
     train._check_finite(7, {'loss': jnp.float32(np.nan)})

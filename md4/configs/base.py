@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.opt = ml_collections.ConfigDict()
   config.opt.optimizer = 'adamw'  # 'adamw' (b1 = 0.9), or 'muon' for the blocks' matrices
   config.opt.muon_learning_rate = 0.02  # peak, for opt.optimizer = 'muon'
+  # Operands of Muon's Newton-Schulz products, accumulated in float32: 'float32' or
+  # 'bfloat16' (as in Jordan et al.'s reference; 2.5x faster on CPUs with AMX units).
+  config.opt.muon_dtype = 'float32'
   config.opt.learning_rate = 3e-4  # peak
   config.opt.lr_schedule = 'cosine'  # after warm-up: 'cosine' or 'linear' (to 0), 'constant'
   config.opt.warmup_steps = 2000  # linear warm-up from 0

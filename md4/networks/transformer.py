@@ -17,6 +17,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MLP_ACTIVATIONS = {
     'glu': jax.nn.sigmoid,  # GLU (Dauphin et al.): σ(xW)·xV
@@ -156,10 +157,10 @@ def sinusoidal_embedding(t, dim, max_period=10_000.0):
 def rotary(x, positions):
   """Rotary position embedding (Su et al., 2021) of x [B, L, H, K] at positions [L]."""
   k = x.shape[-1]
-  freqs = 1.0 / (10_000.0**(jnp.arange(0, k, 2) / k))  # [K/2]
-  angles = positions[:, None] * freqs[None]  # [L, K/2]
-  cos = jnp.cos(angles)[None, :, None, :]
-  sin = jnp.sin(angles)[None, :, None, :]
+  freqs = 1.0 / (10_000.0**(np.arange(0, k, 2) / k))  # [K/2]
+  angles = np.asarray(positions)[:, None] * freqs[None]  # [L, K/2]
+  cos = np.cos(angles).astype(np.float32)[None, :, None, :]
+  sin = np.sin(angles).astype(np.float32)[None, :, None, :]
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
@@ -225,7 +226,7 @@ class Block(nn.Module):
     qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
     # jnp.split, not indexing: its gradient is one concatenation, not three padded copies.
     q, kk, v = (a.squeeze(2) for a in jnp.split(qkv, 3, axis=2))  # [B, L, H, K]
-    positions = jnp.arange(l, dtype=jnp.float32)
+    positions = np.arange(l, dtype=np.float32)
     q, kk = rotary(q, positions).astype(v.dtype), rotary(kk, positions).astype(v.dtype)
     impl = self.attention_impl
     if impl == 'auto':
