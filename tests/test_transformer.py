@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from md4.networks import build_network
+from md4.networks.transformer import CANON_POSITIONS
+from md4.networks.transformer import Canon
 from md4.networks.transformer import Transformer
 
 V, B, L = 11, 2, 16
@@ -123,10 +125,11 @@ def test_remat_and_scan_compute_the_same_function():
   """Remat changes what is stored, scan how layers are laid out; neither the numbers."""
   z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
   t = jnp.array([0.2, 0.9])
-  params = _perturbed(_init(_net())['params'])
-  ref_loss, ref_grads = _loss_and_grads(_net(), {'params': params}, z, t)
+  canon = dict(canon_width=3, canon_positions=CANON_POSITIONS)
+  params = _perturbed(_init(_net(**canon))['params'])
+  ref_loss, ref_grads = _loss_and_grads(_net(**canon), {'params': params}, z, t)
   for kw in ({'remat_policy': 'dots'}, {'scan_layers': True, 'remat_policy': 'full'}):
-    net = _net(**kw)
+    net = _net(**kw, **canon)
     v = {'params': params}
     expected = ref_grads
     if kw.get('scan_layers'):
@@ -137,8 +140,8 @@ def test_remat_and_scan_compute_the_same_function():
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     _assert_close(grads, expected)
   # With dropout, remat replays the same dropout masks in the backward pass.
-  loss, grads = _loss_and_grads(_net(dropout_rate=0.1), {'params': params}, z, t)
-  loss_r, grads_r = _loss_and_grads(_net(dropout_rate=0.1, remat_policy='full'),
+  loss, grads = _loss_and_grads(_net(dropout_rate=0.1, **canon), {'params': params}, z, t)
+  loss_r, grads_r = _loss_and_grads(_net(dropout_rate=0.1, remat_policy='full', **canon),
                                     {'params': params}, z, t)
   np.testing.assert_allclose(loss_r, loss, rtol=1e-5)
   _assert_close(grads_r, grads)
@@ -236,3 +239,47 @@ def test_bfloat16_products_with_float32_activations():
   for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
     assert b.dtype == jnp.float32
     np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.abs(a).max()) + 1e-6)
+
+
+@pytest.mark.parametrize('width', [1, 3, 5])
+def test_canon_layer_is_a_centred_depthwise_convolution(width):
+  """h_i + Σ_j w_j ⊙ h_{i+j} for |j| ≤ r with zeros past the ends, against a loop."""
+  h = np.asarray(jax.random.normal(jax.random.key(0), (2, 7, 3)))
+  w = np.asarray(jax.random.normal(jax.random.key(1), (width, 3)))
+  layer = Canon(width)
+  params = layer.init(jax.random.key(2), h)['params']
+  np.testing.assert_array_equal(layer.apply({'params': params}, h), h)  # zero init
+  r = width // 2
+  expected = h.copy()
+  for i in range(h.shape[1]):
+    for j in range(-r, r + 1):
+      if 0 <= i + j < h.shape[1]:
+        expected[:, i] += w[j + r] * h[:, i + j]
+  out = layer.apply({'params': {'kernel': jnp.asarray(w)}}, jnp.asarray(h))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_canon_layers_sit_where_asked():
+  """A layer at each requested position, of the activation's width there, none without a
+  width; non-zero Canon weights change the network's output."""
+  net = _net(canon_width=3, canon_positions=('qkv', 'mlp_hidden'))
+  params = _init(net)['params']
+  assert set(k for k in params['block_0'] if k.startswith('canon')) == {
+      'canon_qkv', 'canon_mlp_hidden'}
+  assert params['block_0']['canon_qkv']['kernel'].shape == (3, 3 * 2 * 8)
+  assert 'canon_attn_in' not in _init(_net(canon_width=0))['params']['block_0']
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  t = jnp.full((B,), 0.5)
+  variables = {'params': _perturbed(params)}
+  without = {'params': jax.tree_util.tree_map_with_path(
+      lambda path, p: p * 0 if 'canon' in jax.tree_util.keystr(path) else p,
+      variables['params'])}
+  assert float(jnp.abs(net.apply(variables, z, t) - net.apply(without, z, t)).max()) > 1e-4
+
+
+@pytest.mark.parametrize('kw,match', [({'canon_width': 2}, 'canon_width must be 0'),
+                                      ({'canon_width': 3, 'canon_positions': ('mlp',)},
+                                       "unknown canon_positions \\['mlp'\\]")])
+def test_bad_canon_options_are_rejected(kw, match):
+  with pytest.raises(ValueError, match=match):
+    _net(**kw)

@@ -42,6 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
   config.network.dropout_rate = 0.0
   config.network.depth_scaled_init = True  # residual outputs init std 0.02/sqrt(2 n_layers)
+  # Canon layers (Allen-Zhu, 2025): residual depthwise convolutions over canon_width
+  # neighbouring positions (0: none, else odd), zero-initialised, at canon_positions among
+  # 'attn_in', 'qkv', 'mlp_in', 'mlp_hidden' (md4.networks.transformer.CANON_POSITIONS).
+  config.network.canon_width = 0
+  config.network.canon_positions = ('mlp_in',)
   # Compute dtype, 'float32' or 'bfloat16' (accelerators); parameters, optimizer state,
   # logits and the loss stay float32.
   config.network.dtype = 'float32'

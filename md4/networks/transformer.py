@@ -33,6 +33,9 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # compute, 'einsum' on CPUs (where it is the faster one), else 'xla'.
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
 # What a rematerialised block keeps from its forward pass for the backward pass.
+# Where a block may have a Canon layer (`Canon`; Allen-Zhu's A, B, C, D): on the normed
+# input of attention, on q, k and v, on the normed input of the MLP, on its gate and up units.
+CANON_POSITIONS = ('attn_in', 'qkv', 'mlp_in', 'mlp_hidden')
 REMAT_POLICIES = {
     'none': None,  # no remat: keep every activation
     'full': jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
@@ -189,8 +192,30 @@ def modulate(x, shift, scale):
   return x * (1.0 + scale[:, None]) + shift[:, None]
 
 
+class Canon(nn.Module):
+  """A Canon layer (Allen-Zhu, 2025, "Physics of Language Models: Part 4.1"), centred:
+
+    h_i ← h_i + Σ_{j=−r..r} w_j ⊙ h_{i+j},   r = (width − 1)/2,
+
+  a residual depthwise convolution over the length axis of [B, L, C] activations, with
+  zeros beyond the sequence's ends. The paper's is causal; this network is bidirectional,
+  so the window is centred. w [width, C] starts at zero, so the layer starts as the identity.
+  """
+  width: int
+
+  @nn.compact
+  def __call__(self, h):  # [B, L, C]
+    r = self.width // 2
+    w = self.param('kernel', nn.with_logical_partitioning(nn.initializers.zeros, (None, None)),
+                   (self.width, h.shape[-1]), jnp.float32).astype(h.dtype)
+    padded = jnp.pad(h, ((0, 0), (r, r), (0, 0)))
+    l = h.shape[1]
+    return h + sum(w[j] * padded[:, j:j + l] for j in range(self.width))
+
+
 class Block(nn.Module):
-  """Pre-norm block: x + g₁·Attn(adaLN(x)), then + g₂·MLP(adaLN(x))."""
+  """Pre-norm block: x + g₁·Attn(adaLN(x)), then + g₂·MLP(adaLN(x)), with Canon layers
+  (`CANON_POSITIONS`) where `canon_positions` asks for them."""
   num_heads: int
   feature_dim: int
   mlp_type: str
@@ -200,6 +225,16 @@ class Block(nn.Module):
   dtype: jnp.dtype
   attention_impl: str
   matmul_dtype: jnp.dtype | None = None  # of the products' operands (None: dtype)
+  canon_width: int = 0  # 0: no Canon layers
+  canon_positions: tuple[str, ...] = ()
+
+  def canon(self, position, h):
+    """h through a Canon layer if one sits at `position` (a CANON_POSITIONS key)."""
+    if self.canon_width and position in self.canon_positions:
+      shape = h.shape
+      h = Canon(self.canon_width, name=f'canon_{position}')(h.reshape(shape[:2] + (-1,)))
+      return h.reshape(shape)
+    return h
 
   @nn.compact
   def __call__(self, x, cond, train):  # x [B, L, D], cond [B, C] or None
@@ -222,7 +257,9 @@ class Block(nn.Module):
 
     # Attention.
     y = modulate(_rms_norm('attn_norm', self.dtype)(x), shift1, scale1)
+    y = self.canon('attn_in', y)
     qkv = project((3, h, k), ('embed', None, 'heads', None), name='qkv')(y)
+    qkv = self.canon('qkv', qkv)
     qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
     # jnp.split, not indexing: its gradient is one concatenation, not three padded copies.
     q, kk, v = (a.squeeze(2) for a in jnp.split(qkv, 3, axis=2))  # [B, L, H, K]
@@ -244,7 +281,9 @@ class Block(nn.Module):
     # Gated MLP.
     f = MLP_MULTIPLE * math.ceil(8 * d / 3 / MLP_MULTIPLE)
     y = modulate(_rms_norm('mlp_norm', self.dtype)(x), shift2, scale2)
+    y = self.canon('mlp_in', y)
     y = project((2, f), ('embed', None, 'mlp'), name='mlp_in')(y)
+    y = self.canon('mlp_hidden', y)
     y = _constrain(y, ('batch', 'length', None, 'act_mlp'))  # [B, L, 2, F]
     gate, up = (a.squeeze(2) for a in jnp.split(y, 2, axis=2))  # [B, L, F]
     y = MLP_ACTIVATIONS[self.mlp_type](gate) * up  # [B, L, F]
@@ -281,8 +320,19 @@ class Transformer(nn.Module):
   remat_policy: str = 'none'  # see REMAT_POLICIES
   scan_layers: bool = False  # one scanned block: compile time flat in depth
   attention_impl: str = 'auto'  # see ATTENTION_IMPLS
+  # Canon layers: centred residual depthwise convolutions over `canon_width` neighbouring
+  # positions (0: none; odd), at the CANON_POSITIONS named in `canon_positions`.
+  canon_width: int = 0
+  canon_positions: tuple[str, ...] = ('mlp_in',)
 
   def __post_init__(self):
+    if self.canon_width < 0 or (self.canon_width and self.canon_width % 2 == 0):
+      raise ValueError(f'canon_width must be 0 (no Canon layers) or odd, got'
+                       f' {self.canon_width}')
+    unknown = set(self.canon_positions) - set(CANON_POSITIONS)
+    if unknown:
+      raise ValueError(f'unknown canon_positions {sorted(unknown)}; choose from'
+                       f' {list(CANON_POSITIONS)}')
     for value, allowed, key in ((self.mlp_type, MLP_ACTIVATIONS, 'mlp_type'),
                                 (self.cond_type, COND_TYPES, 'cond_type'),
                                 (self.time_features, TIME_FEATURES,
@@ -319,7 +369,8 @@ class Transformer(nn.Module):
 
     out_std = 0.02 / math.sqrt(2 * self.n_layers) if self.depth_scaled_init else 0.02
     block_args = (self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
-                  self.dropout_rate, out_std, dtype, self.attention_impl, matmul_dtype)
+                  self.dropout_rate, out_std, dtype, self.attention_impl, matmul_dtype,
+                  self.canon_width, tuple(self.canon_positions))
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
