@@ -32,10 +32,10 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'einsum' is `einsum_attention`. 'auto' picks cuDNN's fused kernel on GPUs in 16-bit
 # compute, 'einsum' on CPUs (where it is the faster one), else 'xla'.
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
-# What a rematerialised block keeps from its forward pass for the backward pass.
 # Where a block may have a Canon layer (`Canon`; Allen-Zhu's A, B, C, D): on the normed
 # input of attention, on q, k and v, on the normed input of the MLP, on its gate and up units.
 CANON_POSITIONS = ('attn_in', 'qkv', 'mlp_in', 'mlp_hidden')
+# What a rematerialised block keeps from its forward pass for the backward pass.
 REMAT_POLICIES = {
     'none': None,  # no remat: keep every activation
     'full': jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
