@@ -145,6 +145,30 @@ def test_mask_count_masks_exactly_m_real_tokens():
   assert (np.asarray(t) >= 0).all() and (np.asarray(t) <= 1).all()
 
 
+@pytest.mark.parametrize('estimator', ['time', 'mask_count'])
+def test_train_time_power_masks_more_in_training_only(estimator):
+  """With u ↦ u^p in training, the masked fraction is E[u^p] = 1/(1 + p) (about; exact for
+  'time' with the linear schedule, up to ε), and 1/2 in eval."""
+  p, n, length = 0.5, 2048, 64
+  model = _model(toys.Oracle((0.5, 0.5)), 2, length, elbo_estimator=estimator,
+                 train_time_power=p)
+  x = jnp.zeros((n, length), jnp.int32)
+  def masked_fraction(train):
+    if estimator == 'mask_count':
+      z = model.apply({}, x, train, method=model.mask_count_sample,
+                      rngs={'sample': jax.random.key(0)})[1]
+    else:
+      t = model.apply({}, n, train, method=model.sample_times, rngs={'sample': jax.random.key(0)})
+      z = model.apply({}, x, t, method=model.forward_sample, rngs={'sample': jax.random.key(1)})
+    return float(jnp.mean(z == 2))
+  # Mask counts round u·n down and add 1: 1/(2n) more on average.
+  offset = 0.5 / length if estimator == 'mask_count' else 0.0
+  assert abs(masked_fraction(True) - (1 / (1 + p) + offset)) < 0.01
+  assert abs(masked_fraction(False) - (0.5 + offset)) < 0.01
+  with pytest.raises(ValueError, match='train_time_power must be > 0'):
+    _model(toys.Oracle((0.5, 0.5)), 2, 4, train_time_power=0.0)
+
+
 def test_mask_count_needs_continuous_time():
   with pytest.raises(ValueError, match='continuous-time'):
     _model(toys.Oracle((0.5, 0.5)), 2, 4, cont_time=False, elbo_estimator='mask_count')

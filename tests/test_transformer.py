@@ -277,9 +277,19 @@ def test_canon_layers_sit_where_asked():
   assert float(jnp.abs(net.apply(variables, z, t) - net.apply(without, z, t)).max()) > 1e-4
 
 
+def test_mlp_dim_sets_the_mlp_width():
+  """mlp_dim F gives [D, 2, F] and [F, D] MLP kernels; 0 gives 8D/3 rounded up to 128."""
+  d = 2 * 8  # _net's num_heads · feature_dim
+  for mlp_dim, f in ((0, 128), (24, 24)):
+    block = _init(_net(mlp_dim=mlp_dim))['params']['block_0']
+    assert block['mlp_in']['kernel'].shape == (d, 2, f)
+    assert block['mlp_out']['kernel'].shape == (f, d)
+
+
 @pytest.mark.parametrize('kw,match', [({'canon_width': 2}, 'canon_width must be 0'),
                                       ({'canon_width': 3, 'canon_positions': ('mlp',)},
-                                       "unknown canon_positions \\['mlp'\\]")])
-def test_bad_canon_options_are_rejected(kw, match):
+                                       "unknown canon_positions \\['mlp'\\]"),
+                                      ({'mlp_dim': -1}, 'mlp_dim must be >= 0')])
+def test_bad_network_options_are_rejected(kw, match):
   with pytest.raises(ValueError, match=match):
     _net(**kw)

@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   # independent masks) or 'mask_count' (the number of masks ~ U, t from its posterior): the
   # same expectation, with far less variance at small t. See md4.models.md4.
   config.model.elbo_estimator = 'time'
+  # Training only: draw t (or the mask count) from u^p instead of u ~ U(0, 1); p < 1 trains
+  # on more heavily masked examples, a reweighting of the ELBO (see md4.models.md4.MD4).
+  config.model.train_time_power = 1.0
 
   config.network = ml_collections.ConfigDict()  # backbone; `type` picks it
   config.network.type = 'transformer'  # key of md4.networks.NETWORKS
@@ -38,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.network.num_heads = 12
   config.network.feature_dim = 64  # per head; width = num_heads * feature_dim
   config.network.mlp_type = 'glu'  # 'glu', 'geglu' or 'swiglu'
+  config.network.mlp_dim = 0  # MLP hidden width F; 0: 8/3 of the width, rounded up to 128
   config.network.cond_type = 'adaln_zero'  # time conditioning: 'adaln' or 'adaln_zero'
   config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
   config.network.dropout_rate = 0.0

@@ -47,6 +47,12 @@ class MD4(nn.Module):
   # 'time' draws t and masks each token independently (the paper's); 'mask_count' draws the
   # number of masked tokens, which removes the 1/t variance at small t (see `mask_count_sample`).
   elbo_estimator: str = 'time'
+  # Training only: the uniform draw u behind t (or behind the mask count) is raised to this
+  # power, u ↦ u^p. p < 1 trains on more heavily masked examples (p = 0.7: 59% of tokens
+  # masked on average instead of 50%) with the ELBO's weights unchanged, so the training loss
+  # is the ELBO's integrand reweighted by (1/p)·u^((1−p)/p), no longer the ELBO itself. Eval
+  # always draws u uniformly: the reported loss stays the negative ELBO.
+  train_time_power: float = 1.0
   # Padded data (set from the dataset): the padding id, never masked and never counted in
   # the ELBO, and P(length = L) for L = 0..S, from which `sample_prior` draws the length.
   pad_id: int | None = None
@@ -56,6 +62,9 @@ class MD4(nn.Module):
     schedules.MaskingSchedule(self.noise_schedule)  # raises on an unknown name
     if self.timesteps < 1:
       raise ValueError(f'model.timesteps must be >= 1, got {self.timesteps}')
+    if not self.train_time_power > 0:
+      raise ValueError(f'model.train_time_power must be > 0 (1: the ELBO), got'
+                       f' {self.train_time_power}')
     if self.elbo_estimator not in ELBO_ESTIMATORS:
       raise ValueError(f'unknown model.elbo_estimator {self.elbo_estimator!r}; choose from'
                        f' {list(ELBO_ESTIMATORS)}')
@@ -79,10 +88,10 @@ class MD4(nn.Module):
   def mask_id(self) -> int:
     return self.vocab_size
 
-  def sample_times(self, batch_size):
-    """t ~ U(0, 1) per example [B]."""
-    return uniform_times(self.make_rng('sample'), batch_size,
-                         self.antithetic_time_sampling)
+  def sample_times(self, batch_size, train=False):
+    """t ~ U(0, 1) per example [B]; in training t = u^p with p = `train_time_power`."""
+    u = uniform_times(self.make_rng('sample'), batch_size, self.antithetic_time_sampling)
+    return u**self.train_time_power if train and self.train_time_power != 1.0 else u
 
   def is_padding(self, x):
     """[B, *S] bool: positions that hold the padding id (none without padding)."""
@@ -101,7 +110,7 @@ class MD4(nn.Module):
     keep = jax.random.bernoulli(self.make_rng('sample'), alpha_t, x.shape)
     return jnp.where(keep | self.is_padding(x), x, self.mask_id)
 
-  def mask_count_sample(self, x):
+  def mask_count_sample(self, x, train=False):
     """(t, z_t, weight) for the mask-count estimator of the continuous-time ELBO.
 
     With s = 1 − α(t) the masking rate, ds = −α′(t) dt, so for an example of n tokens
@@ -119,12 +128,14 @@ class MD4(nn.Module):
     with exactly m tokens masked, uniformly, and t(s) = α⁻¹(1 − s): the same ELBO, whose
     estimate no longer multiplies the few masked tokens of a small t by 1/t. m is stratified
     over the batch like t (antithetic_time_sampling). weight [B] is −n/m, or 0 when s falls
-    outside [ε, 1 − ε], so that weight · Σ_masked log μθ estimates the term.
+    outside [ε, 1 − ε], so that weight · Σ_masked log μθ estimates the term. With train,
+    m comes from u^p (p = train_time_power) instead of u, and the same weight.
     """
     b = x.shape[0]
     pad = self.is_padding(x).reshape(b, -1)  # [B, N]
     n = self.num_tokens(x).astype(jnp.float32)  # [B]
-    m = jnp.minimum(jnp.floor(self.sample_times(b) * n) + 1.0, n)  # U{1..n}
+    # U{1..n}; in training m = ⌊u^p·n⌋ + 1 with p = train_time_power.
+    m = jnp.minimum(jnp.floor(self.sample_times(b, train) * n) + 1.0, n)
     rng_s, rng_where = jax.random.split(self.make_rng('sample'))
     s = jax.random.beta(rng_s, m, n - m + 1.0)  # masking rate given m
     eps = self.schedule.eps
@@ -200,9 +211,9 @@ class MD4(nn.Module):
     batch_size = x.shape[0]
     weight = None
     if self.elbo_estimator == 'mask_count':
-      t, z_t, weight = self.mask_count_sample(x)
+      t, z_t, weight = self.mask_count_sample(x, train)
     else:
-      t = self.sample_times(batch_size)
+      t = self.sample_times(batch_size, train)
       if not self.cont_time:
         t = (jnp.floor(t * self.timesteps) + 1) / self.timesteps  # i/T, i ∈ {1..T}
       z_t = self.forward_sample(x, t)

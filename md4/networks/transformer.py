@@ -26,7 +26,7 @@ MLP_ACTIVATIONS = {
 }
 COND_TYPES = ('adaln', 'adaln_zero')
 TIME_FEATURES = ('t', 'none')
-MLP_MULTIPLE = 128  # F = 8D/3 rounded up to a multiple of this
+MLP_MULTIPLE = 128  # F = 8D/3 rounded up to a multiple of this, unless mlp_dim is set
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Attention kernel: 'xla' and 'cudnn' are jax.nn.dot_product_attention's implementations,
 # 'einsum' is `einsum_attention`. 'auto' picks cuDNN's fused kernel on GPUs in 16-bit
@@ -227,6 +227,7 @@ class Block(nn.Module):
   matmul_dtype: jnp.dtype | None = None  # of the products' operands (None: dtype)
   canon_width: int = 0  # 0: no Canon layers
   canon_positions: tuple[str, ...] = ()
+  mlp_dim: int = 0  # F, the MLP's gate and up width (0: 8D/3 rounded up to MLP_MULTIPLE)
 
   def canon(self, position, h):
     """h through a Canon layer if one sits at `position` (a CANON_POSITIONS key)."""
@@ -279,7 +280,7 @@ class Block(nn.Module):
     x = x + gate1 * y
 
     # Gated MLP.
-    f = MLP_MULTIPLE * math.ceil(8 * d / 3 / MLP_MULTIPLE)
+    f = self.mlp_dim or MLP_MULTIPLE * math.ceil(8 * d / 3 / MLP_MULTIPLE)
     y = modulate(_rms_norm('mlp_norm', self.dtype)(x), shift2, scale2)
     y = self.canon('mlp_in', y)
     y = project((2, f), ('embed', None, 'mlp'), name='mlp_in')(y)
@@ -324,8 +325,13 @@ class Transformer(nn.Module):
   # positions (0: none; odd), at the CANON_POSITIONS named in `canon_positions`.
   canon_width: int = 0
   canon_positions: tuple[str, ...] = ('mlp_in',)
+  # Width F of the gated MLP's hidden layer (0: LLaMA's 8D/3, rounded up to MLP_MULTIPLE).
+  mlp_dim: int = 0
 
   def __post_init__(self):
+    if self.mlp_dim < 0:
+      raise ValueError(f'mlp_dim must be >= 0 (0: 8D/3 rounded up to {MLP_MULTIPLE}), got'
+                       f' {self.mlp_dim}')
     if self.canon_width < 0 or (self.canon_width and self.canon_width % 2 == 0):
       raise ValueError(f'canon_width must be 0 (no Canon layers) or odd, got'
                        f' {self.canon_width}')
@@ -370,7 +376,7 @@ class Transformer(nn.Module):
     out_std = 0.02 / math.sqrt(2 * self.n_layers) if self.depth_scaled_init else 0.02
     block_args = (self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
                   self.dropout_rate, out_std, dtype, self.attention_impl, matmul_dtype,
-                  self.canon_width, tuple(self.canon_positions))
+                  self.canon_width, tuple(self.canon_positions), self.mlp_dim)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
