@@ -13,9 +13,9 @@ def get_config():
   config = base.get_config()
   config.data.dataset = 'shakespeare'
   # Windows of 256 characters at batch 8 (2,048 characters a step, as 64 x 32 before):
-  # more context for each masked character. Valid bits over a whole run (about 8 minutes
-  # each): 64 x 32 2.7110 (6,000 steps), 128 x 16 2.6959 (5,400), 256 x 8 with 2 heads of
-  # 64 2.6816 (5,000), 256 x 4 2.6977 (9,000), 512 x 4 2.6957 (4,200).
+  # more context for each masked character. Valid bits over a whole run of 4 layers
+  # (about 8 minutes each): 64 x 32 2.7110 (6,000 steps), 128 x 16 2.6959 (5,400), 256 x 8
+  # with 2 heads of 64 2.6816 (5,000), 256 x 4 2.6977 (9,000), 512 x 4 2.6957 (4,200).
   config.data.data_shape = (256,)
 
   # The mask-count estimator: the same ELBO with a tenth of the variance on the tests' toy;
@@ -34,8 +34,8 @@ def get_config():
   # keys on the last two checkpoints: 3 layers 2.674-2.681 valid, 4 layers 2.685-2.694.
   config.network.n_layers = 3
   # 2 heads of 64: at length 256 the [B, H, L, L] attention scores are a large part of the
-  # step, and 2 heads take 85 ms against 94 for 4 x 32; 5,400 steps of 4 x 32 reached
-  # 2.6717 valid bits in 9 min 45 s, 5,000 of 2 x 64 2.6816 in 8 min 28 s.
+  # step, and 2 heads take 85 ms against 94 for 4 x 32 (4 layers); 5,400 steps of 4 x 32
+  # reached 2.6717 valid bits in 9 min 45 s, 5,000 of 2 x 64 2.6816 in 8 min 28 s.
   config.network.num_heads = 2
   config.network.feature_dim = 64
   # Products in bfloat16 (accumulated in float32), the rest in float32: on this machine's
