@@ -20,7 +20,10 @@ from md4.configs.md4 import shakespeare
 from test_train import set_keys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EIGHT = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+# The session's XLA flags (conftest.py) without any device count, then with 8 devices.
+ONE = dict(os.environ, XLA_FLAGS=' '.join(
+    f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f))
+EIGHT = dict(ONE, XLA_FLAGS=ONE['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=8')
 
 MESHES_SCRIPT = r'''
 import functools, sys
@@ -135,7 +138,7 @@ def _free_port():
 OVERRIDES = {'data.data_shape': (32,), 'network.n_layers': 1, 'network.num_heads': 2,
              'network.feature_dim': 8, 'batch_size': 8, 'eval_batch_size': 256,
              'num_train_steps': 3, 'eval_every_steps': 3, 'sample_every_steps': 3,
-             'sampling.timesteps': 4, 'sampling.num_samples': 2}
+             'sampling.timesteps': 4, 'sampling.num_samples': 2, 'eval_repeats': 1}
 
 
 def _config():
@@ -169,8 +172,7 @@ def _restore_params(workdir, step):
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
   """Two jax.distributed CPU processes, one device each, each loading half the batch."""
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  procs = [_cli(tmp_path / 'two', env, f'--coordinator_address=localhost:{port}',
+  procs = [_cli(tmp_path / 'two', ONE, f'--coordinator_address=localhost:{port}',
                 '--num_processes=2', f'--process_id={i}') for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):

