@@ -307,6 +307,25 @@ def test_mlp_dim_sets_the_mlp_width():
     assert block['mlp_out']['kernel'].shape == (f, d)
 
 
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+  """With qk_norm, scaling the q and k projections by any positive factor leaves the
+  output unchanged (up to the norm's ε); without it, the attention pattern changes."""
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
+  t = jnp.full((B,), 0.5)
+  for qk_norm in (True, False):
+    net = _net(qk_norm=qk_norm)
+    params = _perturbed(_init(net)['params'])
+    scale = jnp.array([7.0, 7.0, 1.0])[None, :, None, None]  # q, k; v unchanged
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, p: p * scale if 'qkv' in jax.tree_util.keystr(path) else p, params)
+    a, b = (net.apply({'params': p}, z, t) for p in (params, scaled))
+    assert ('q_norm' in params['block_0']) == qk_norm
+    if qk_norm:
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    else:
+      assert float(jnp.abs(a - b).max()) > 1e-3
+
+
 @pytest.mark.parametrize('kw,match', [({'canon_width': 2}, 'canon_width must be 0'),
                                       ({'canon_width': 3, 'canon_positions': ('mlp',)},
                                        "unknown canon_positions \\['mlp'\\]"),

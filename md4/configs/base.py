@@ -42,6 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.network.feature_dim = 64  # per head; width = num_heads * feature_dim
   config.network.mlp_type = 'glu'  # 'glu', 'geglu' or 'swiglu'
   config.network.mlp_dim = 0  # MLP hidden width F; 0: 8/3 of the width, rounded up to 128
+  # RMSNorm on each head's queries and keys (QK-norm), bounding the attention logits.
+  config.network.qk_norm = False
   config.network.cond_type = 'adaln_zero'  # time conditioning: 'adaln' or 'adaln_zero'
   config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
   config.network.dropout_rate = 0.0

@@ -148,13 +148,14 @@ class Logits(nn.Module):
     return y.reshape(x.shape[:-1] + (self.vocab_size,))
 
 
-def _rms_norm(name, dtype):
+def _rms_norm(name, dtype, axis='embed'):
+  """RMSNorm over the last axis, whose logical name is `axis`, with a learned scale."""
   return nn.RMSNorm(
       epsilon=1e-6,
       dtype=dtype,
       param_dtype=jnp.float32,
       use_scale=True,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
       name=name)
 
 
@@ -242,6 +243,7 @@ class Block(nn.Module):
   canon_width: int = 0  # 0: no Canon layers
   canon_positions: tuple[str, ...] = ()
   mlp_dim: int = 0  # F, the MLP's gate and up width (0: 8D/3 rounded up to MLP_MULTIPLE)
+  qk_norm: bool = False  # RMSNorm on each head's queries and keys (before rotary)
 
   def canon(self, position, h):
     """h through a Canon layer if one sits at `position` (a CANON_POSITIONS key)."""
@@ -278,6 +280,9 @@ class Block(nn.Module):
     qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
     # jnp.split, not indexing: its gradient is one concatenation, not three padded copies.
     q, kk, v = (a.squeeze(2) for a in jnp.split(qkv, 3, axis=2))  # [B, L, H, K]
+    if self.qk_norm:  # QK-norm: scores q̂·k̂ᵀ/√K bounded by the norms' learned scales
+      q = _rms_norm('q_norm', self.dtype, axis=None)(q)
+      kk = _rms_norm('k_norm', self.dtype, axis=None)(kk)
     positions = np.arange(l, dtype=np.float32)
     q, kk = rotary(q, positions).astype(v.dtype), rotary(kk, positions).astype(v.dtype)
     impl = self.attention_impl
@@ -341,6 +346,10 @@ class Transformer(nn.Module):
   canon_positions: tuple[str, ...] = ('mlp_in',)
   # Width F of the gated MLP's hidden layer (0: LLaMA's 8D/3, rounded up to MLP_MULTIPLE).
   mlp_dim: int = 0
+  # QK-norm (Dehghani et al., 2023, "Scaling Vision Transformers to 22 Billion Parameters",
+  # with RMSNorm as in OLMo 2): each head's queries and keys RMS-normalised over K, with a
+  # learned scale of K shared by the heads, before the rotary embedding.
+  qk_norm: bool = False
 
   def __post_init__(self):
     if self.mlp_dim < 0:
@@ -390,7 +399,8 @@ class Transformer(nn.Module):
     out_std = 0.02 / math.sqrt(2 * self.n_layers) if self.depth_scaled_init else 0.02
     block_args = (self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
                   self.dropout_rate, out_std, dtype, self.attention_impl, matmul_dtype,
-                  self.canon_width, tuple(self.canon_positions), self.mlp_dim)
+                  self.canon_width, tuple(self.canon_positions), self.mlp_dim,
+                  self.qk_norm)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
