@@ -127,9 +127,10 @@ def model_flops_per_token(params, config):
   seq_len = config.data.data_shape[0]
   per_token = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    name = jax.tree_util.keystr(path)
+    names = [getattr(k, 'key', None) for k in path]
     # Per-token products; embeddings are lookups and adaLN/time layers act per example.
-    if any(k in name for k in ('qkv', 'attn_out', 'mlp_in', 'mlp_out', 'logits')):
+    if (names[-2] in ('attention', 'feed_forward') and leaf.ndim >= 2
+        or names[-1] == 'logits' or names[-2:] == ['embed_proj', 'kernel']):
       per_token += leaf.size
   attention = 2 * 2 * seq_len * d * net.n_layers  # QKᵀ and PV, forward
   return 6 * per_token + 3 * attention

@@ -18,14 +18,16 @@ NS_STEPS = 5
 NS_EPS = 1e-8
 # Operands of the Newton-Schulz products (accumulated in float32), opt.muon_dtype.
 MUON_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# Which axes of a transformer block's kernel Muon orthogonalises, by the kernel's module name:
-# (reduction axes, output axes); the remaining axes index separate matrices (q/k/v, gate/up,
-# and the layer axis of scanned blocks).
-MUON_AXES = {
-    'qkv': (0, (2, 3)),  # [D, 3, H, K]: three D x HK matrices
-    'attn_out': (0, 1),  # [HK, D]
-    'mlp_in': (0, 2),  # [D, 2, F]: two D x F matrices
-    'mlp_out': (0, 1),  # [F, D]
+# The transformer blocks' matrices that Muon orthogonalises: (module, parameter) names of
+# md4.networks.transformer, each [fan_in, fan_out] (with a leading layer axis when scanned).
+MUON_MATRICES = {('attention', name) for name in ('wq', 'wk', 'wv', 'wo')} | {
+    ('feed_forward', name) for name in ('w1', 'w2', 'w3')}
+# Which parameters weight decay applies to (opt.weight_decay_mask): matrices only (kernels and
+# embeddings, not norm scales, biases or GenMD4's schedule powers), or every parameter, as
+# the original release's optax.adamw does.
+DECAY_MASKS = {
+    'matrices': lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+    'all': None,
 }
 
 
@@ -45,23 +47,12 @@ def learning_rate_schedule(opt_config, num_train_steps, lr=None):
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
-def _decay_mask(params):
-  """Weight decay on matrices (kernels, embeddings), not on norm scales."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
-
-
 def _muon_axes(path, x):
-  """(batch, reduction, output) axes of a block kernel by MUON_AXES, or None (AdamW)."""
-  names = [getattr(k, 'key', None) for k in path]
-  if len(names) < 2 or names[-1] != 'kernel' or names[-2] not in MUON_AXES:
+  """(batch, reduction, output) axes of a block matrix in MUON_MATRICES, or None (AdamW)."""
+  names = tuple(getattr(k, 'key', None) for k in path[-2:])
+  if names not in MUON_MATRICES or x.ndim not in (2, 3):
     return None
-  reduction, output = (a if isinstance(a, tuple) else (a,) for a in MUON_AXES[names[-2]])
-  shift = x.ndim - (max(output) + 1)  # 1: a leading layer axis (scanned)
-  if shift not in (0, 1):  # a same-named kernel of another shape (the UNet's qkv): AdamW
-    return None
-  reduction, output = tuple(a + shift for a in reduction), tuple(a + shift for a in output)
-  batch = tuple(a for a in range(x.ndim) if a not in reduction + output)
-  return batch, reduction, output
+  return tuple(range(x.ndim - 2)), (x.ndim - 2,), (x.ndim - 1,)
 
 
 def _muon_labels(params):
@@ -93,8 +84,7 @@ def orthogonalise(updates, dtype=jnp.float32):
   for width transfer as optax.contrib.muon does; leaves labelled AdamW are returned as is.
 
   Within a block, matrices of one shape (transposed to the wide orientation first) are
-  stacked into one Newton-Schulz batch: q, k, v and the attention output; gate, up and the
-  MLP output. A few larger products instead of many small ones, while each block's batch
+  stacked into one Newton-Schulz batch: q, k, v and the attention output; W1, W3 and W2. A few larger products instead of many small ones, while each block's batch
   can still start as soon as its gradients are ready, during the backward pass of the
   blocks below it. On the Shakespeare default's CPU step this grouping takes 63.5 ms in
   all, against 68.4 with one batch across blocks and 66.1 with one batch per kernel.
@@ -115,7 +105,7 @@ def orthogonalise(updates, dtype=jnp.float32):
     if tall:
       m = m.transpose(0, 2, 1)
     layouts[i] = (order, shape(order), tall, math.sqrt(max(1.0, fan_out / fan_in)))
-    groups[(jax.tree_util.keystr(path[:-2]),) + m.shape[1:]].append((i, m))
+    groups[(jax.tree_util.keystr(path[:-2]),) + m.shape[1:]].append((i, m))  # by block
   out = [u for _, u in paths_leaves]
   for members in groups.values():
     stacked = newton_schulz(jnp.concatenate([m for _, m in members]), dtype)
@@ -158,7 +148,8 @@ def scale_by_muon(beta=MUON_BETA, dtype=jnp.float32):
 def make_optimizer(opt_config, num_train_steps):
   """The optimizer of `opt.optimizer`, with optional global-norm clipping (grad_clip > 0).
 
-  'adamw': AdamW(b1 = 0.9, b2 from config) on every parameter.
+  'adamw': AdamW(b1 = 0.9, b2 from config) on every parameter, decaying the weights that
+  `opt.weight_decay_mask` names.
   'muon': Muon (Jordan et al., 2024: Nesterov momentum 0.95, its update orthogonalised by
   Newton-Schulz iterations) at `muon_learning_rate` on the transformer blocks' matrices, and
   AdamW with Nesterov momentum (as in optax's Muon) at `learning_rate` on the rest
@@ -168,10 +159,13 @@ def make_optimizer(opt_config, num_train_steps):
   if opt_config.optimizer not in OPTIMIZERS:
     raise ValueError(f'unknown opt.optimizer {opt_config.optimizer!r}; '
                      f'choose from {sorted(OPTIMIZERS)}')
+  if opt_config.weight_decay_mask not in DECAY_MASKS:
+    raise ValueError(f'unknown opt.weight_decay_mask {opt_config.weight_decay_mask!r}; '
+                     f'choose from {sorted(DECAY_MASKS)}')
   use_muon = opt_config.optimizer == 'muon'
   opt = optax.adamw(learning_rate_schedule(opt_config, num_train_steps), b1=ADAM_B1,
-                    b2=opt_config.b2, weight_decay=opt_config.weight_decay, mask=_decay_mask,
-                    nesterov=use_muon)
+                    b2=opt_config.b2, weight_decay=opt_config.weight_decay,
+                    mask=DECAY_MASKS[opt_config.weight_decay_mask], nesterov=use_muon)
   if use_muon:
     if opt_config.muon_dtype not in MUON_DTYPES:
       raise ValueError(f'unknown opt.muon_dtype {opt_config.muon_dtype!r}; '
@@ -187,13 +181,16 @@ def make_optimizer(opt_config, num_train_steps):
   return opt
 
 
-def ema_decay(step, ema_rate):
-  """Decay at `step` (0-based): min(ema_rate, (1 + step)/(10 + step)).
+def ema_decay(step, ema_rate, warmup=True):
+  """Decay at `step` (0-based): ema_rate, or with `warmup` min(ema_rate, (1 + step)/(10 + step)).
 
   The warm-up makes the EMA an average over roughly the last tenth of a short run instead of
   staying at the initial weights: after 1000 steps at ema_rate 0.9999 a plain EMA still
-  holds 90% of its start.
+  holds 90% of its start. The original release's EMA has no warm-up (opt.ema_warmup=False);
+  after its 1M steps the two differ by a weight of e⁻¹⁰⁰ on the initial parameters.
   """
+  if not warmup:
+    return jnp.asarray(ema_rate, jnp.float32)
   step = jnp.asarray(step, jnp.float32)
   return jnp.minimum(ema_rate, (1.0 + step) / (10.0 + step))
 

@@ -190,7 +190,8 @@ def train_step(model, optimizer, config, state, batch, rng):
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = optim.ema_update(state.ema_params, params,
-                                optim.ema_decay(state.step, config.opt.ema_rate))
+                                optim.ema_decay(state.step, config.opt.ema_rate,
+                                                config.opt.ema_warmup))
   metrics['grad_norm'] = optax.global_norm(grads)
   new_state = state.replace(step=state.step + 1, params=params,
                             ema_params=ema_params, opt_state=opt_state)

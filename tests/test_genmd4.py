@@ -16,7 +16,7 @@ from md4 import schedules
 from md4 import train
 from md4.configs.genmd4 import shakespeare as genmd4_shakespeare
 from md4.models import GenMD4
-from md4.models import MD4
+from md4.models import genmd4
 from test_train import tiny_config
 import toys
 
@@ -38,8 +38,15 @@ def _with_powers(params, w):
 
 
 def _alpha_np(t, w):
-  """α_t(v) = (1 − 2ε)(1 − t^{w_v}) + ε in float64."""
-  return (1 - 2 * EPS) * (1 - np.asarray(t)**np.asarray(w, np.float64)) + EPS
+  """α_t(v) = 1 − (1 − ε)·t^{w_v} in float64."""
+  return 1 - (1 - EPS) * np.asarray(t)**np.asarray(w, np.float64)
+
+
+def _recon_np(x, w, t1, v):
+  """Σ_n (1 − α_t1(x_n))·(−log p(x_n | mask)) in nats [B], p(v | mask) ∝ t1^{w_v}."""
+  w = np.asarray(w, np.float64)
+  decoder = t1**w / np.sum(t1**w)  # [V]
+  return np.sum((1 - _alpha_np(t1, w[x])) * -np.log(decoder[x]), axis=-1)
 
 
 def test_init_terms_shapes_and_units():
@@ -59,10 +66,10 @@ def test_init_terms_shapes_and_units():
   np.testing.assert_array_equal(terms['loss'], terms['loss_nelbo'])
   np.testing.assert_allclose(terms['loss_nelbo'], terms['loss_diff'] + terms['loss_recon'] +
                              terms['loss_prior'], rtol=1e-6)
-  # Reconstruction at t1: Σ_n (1 − α_t1(x_n))·log V; prior: ε·log V per token. In bits/token.
-  recon = np.sum(1 - _alpha_np(1e-3, w[np.asarray(x)]), axis=1) * math.log2(v) / length
+  # Reconstruction at t1 with the posterior decoder; no prior term. In bits/token.
+  recon = _recon_np(np.asarray(x), w, 1e-3, v) / (length * math.log(2))
   np.testing.assert_allclose(terms['loss_recon'], recon, rtol=1e-4)
-  np.testing.assert_allclose(terms['loss_prior'], EPS * math.log2(v), rtol=1e-5)
+  np.testing.assert_array_equal(terms['loss_prior'], 0.0)
   for name, value in (('w_min', w.min()), ('w_mean', w.mean()), ('w_max', w.max())):
     np.testing.assert_allclose(terms[name], value, rtol=1e-5)
 
@@ -86,36 +93,40 @@ def test_network_gradient_is_the_nelbo_gradient():
 
 
 @pytest.mark.parametrize('k', [0.5, 1.0, 3.0])
-def test_equal_powers_are_md4_poly_k(k):
-  """Every w_v = K: α, α′ and the diffusion integrand are MD4's with the polyK schedule."""
+def test_schedule_and_equal_powers(k):
+  """α_t = 1 − (1 − ε)·t^w and α′ against autodiff, the ELBO weight α′/(1 − α) = −w/t; with
+  every w_v = K the integrand is MD4's: −(K/t)·Σ_masked log μθ(x_n)."""
   v, length, batch = 5, 8, 64
-  md4 = MD4(network=toys.ToyNet(v), vocab_size=v, data_shape=(length,),
-            noise_schedule=f'poly{k}')
   gen = _model(toys.ToyNet(v), v, length)
   x = jax.random.randint(jax.random.key(0), (batch, length), 0, v)
-  md4_params = _init(md4, x)
-  params = _with_powers({'network': md4_params['network']}, np.full(v, k))
+  params = _with_powers(_init(gen, x), np.full(v, k))
   t = jax.random.uniform(jax.random.key(1), (batch,), minval=1e-3, maxval=1.0)
   variables = {'params': params}
-
-  schedule = schedules.MaskingSchedule(f'poly{k}')
   alpha = gen.apply(variables, t, method=gen.alpha)  # [B, 1, V]
-  dalpha = gen.apply(variables, t, method=gen.dalpha)
   assert alpha.shape == (batch, 1, v)
-  np.testing.assert_allclose(alpha, np.broadcast_to(schedule.alpha(t)[:, None, None],
+  np.testing.assert_allclose(alpha, np.broadcast_to(_alpha_np(t, k)[:, None, None],
                                                     alpha.shape), rtol=1e-5)
-  np.testing.assert_allclose(dalpha, np.broadcast_to(schedule.dalpha(t)[:, None, None],
-                                                     dalpha.shape), rtol=1e-5)
+  dalpha = gen.apply(variables, t, method=gen.dalpha)
+  autodiff = jax.vmap(jax.grad(lambda s: genmd4.alpha(s, k)))(t)
+  np.testing.assert_allclose(dalpha[:, 0, 0], autodiff, rtol=1e-5)
+  mask_prob = gen.apply(variables, t, method=gen.mask_prob)  # 1 − α, without cancellation
+  np.testing.assert_allclose(mask_prob, 1 - _alpha_np(t, k)[:, None, None] + 0 * alpha,
+                             rtol=1e-4)
+  np.testing.assert_allclose(genmd4.elbo_weight(t, k), dalpha[:, 0, 0] / mask_prob[:, 0, 0],
+                             rtol=1e-5)
 
   @jax.jit
-  def both(x, t):
-    z_t = md4.apply({}, x, t, method=md4.forward_sample, rngs={'sample': jax.random.key(2)})
-    logits = md4.apply({'params': md4_params}, z_t, t, method=md4.predict_logits)
-    return (z_t, md4.apply({}, x, t, z_t, logits, method=md4.diffusion_loss),
-            gen.apply(variables, x, t, z_t, logits, method=gen.diffusion_loss))
+  def integrand(x, t):
+    z_t = gen.apply(variables, x, t, method=gen.forward_sample,
+                    rngs={'sample': jax.random.key(2)})
+    logits = gen.apply(variables, z_t, t, method=gen.predict_logits)
+    return z_t, logits, gen.apply(variables, x, t, z_t, logits, method=gen.diffusion_loss)
 
-  z_t, want, got = both(x, t)
+  z_t, logits, got = integrand(x, t)
   assert int(jnp.sum(z_t == v)) > batch  # the test exercises masked tokens
+  log_p_x = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
+                               np.asarray(x)[..., None], -1)[..., 0]
+  want = -k / np.asarray(t) * np.sum(np.where(np.asarray(z_t) == v, log_p_x, 0.0), -1)
   np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
@@ -133,7 +144,8 @@ def _small_problem():
 def _exact_nelbo(model, params, w_raw, t):
   """E_{z_t ~ q(·|x)} of the one-sample NELBO at t (bits/token), by enumerating the masks.
 
-  The integrand is the paper's GenMD4 ELBO integrand as written, Σ_v α′/(1 − α)·[x(v)(1 + xᵀlog μ) − μ(v)].
+  The integrand is the paper's GenMD4 ELBO integrand as written, Σ_v α′/(1 − α)·[x(v)(1 + xᵀlog μ) − μ(v)],
+  the reconstruction term the posterior decoder's, p(v | mask) ∝ t1^{w_v}.
   """
   v, length, t1 = V_SMALL, len(X_SMALL), model.t1
   masked = np.array(list(itertools.product([0, 1], repeat=length)), bool)  # [P, L]
@@ -144,16 +156,17 @@ def _exact_nelbo(model, params, w_raw, t):
   x_onehot = jnp.eye(v)[X_SMALL]  # [L, V]
   log_mu_x = jnp.sum(x_onehot * log_mu, -1, keepdims=True)  # [P, L, 1]
   w = jax.nn.softplus(w_raw)
-  alpha = (1 - 2 * EPS) * (1 - t**w) + EPS  # [V]
-  weight = -(1 - 2 * EPS) * w * t**(w - 1) / (1 - alpha)
+  alpha = 1 - (1 - EPS) * t**w  # [V]
+  weight = -(1 - EPS) * w * t**(w - 1) / (1 - alpha)
   integrand = jnp.sum(weight * (x_onehot * (1 + log_mu_x) - mu), -1)  # [P, L]
   alpha_x = alpha[X_SMALL]
   prob = jnp.prod(jnp.where(masked, 1 - alpha_x, alpha_x), -1)  # [P]
-  diff = (1 - t1) * jnp.sum(prob * jnp.sum(jnp.where(masked, integrand, 0.0), -1))
-  alpha_t1_x = (1 - 2 * EPS) * (1 - t1**w[X_SMALL]) + EPS
-  recon = jnp.sum(1 - alpha_t1_x) * math.log(v)
-  prior = length * EPS * math.log(v)
-  return (diff + recon + prior) / (length * math.log(2))
+  # t ~ U(t1, 1) without the factor 1 − t1, as the original (GenMD4.objective).
+  diff = jnp.sum(prob * jnp.sum(jnp.where(masked, integrand, 0.0), -1))
+  mask_t1_x = (1 - EPS) * t1**w[X_SMALL]
+  log_decoder = w * math.log(t1) - jax.nn.logsumexp(w * math.log(t1))  # log p(v | mask)
+  recon = -jnp.sum(mask_t1_x * log_decoder[X_SMALL])
+  return (diff + recon) / (length * math.log(2))
 
 
 def test_rloo_gradient_matches_exact_gradient():
@@ -247,7 +260,7 @@ def test_generate_leaves_no_mask():
   config.timesteps, config.num_samples = 5, 8
   generate = jax.jit(sampling.make_generate_fn(model, config))
   prior = model.apply({'params': params}, jax.random.key(0), 8, method=model.sample_prior)
-  assert prior.shape == (8, 6) and int(jnp.sum(prior != len(PROBS))) <= 1
+  assert prior.shape == (8, 6) and bool(jnp.all(prior == len(PROBS)))  # all masks
   out = np.asarray(generate(params, jax.random.key(1), prior))
   assert out.shape == (8, 6) and out.min() >= 0 and out.max() < len(PROBS)
 

@@ -99,7 +99,7 @@ for shape in [(2, 2, 2), (1, 1, 1), (1, 4, 2)]:
       manager.save(2, args=train.ocp.args.StandardSave(state))
       manager.wait_until_finished()
   assert int(state.step) == 2
-  leaf = state.params['network']['block_0']['qkv']['kernel']
+  leaf = state.params['network']['block_0']['attention']['wq']
   assert leaf.sharding.mesh.shape == mesh.shape, leaf.sharding
   states[shape] = jax.device_get(state)
 for shape, s in states.items():

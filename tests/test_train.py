@@ -11,12 +11,10 @@ import sysconfig
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 
 from md4 import data
-from md4 import optim
 from md4 import train
 from md4.configs.md4 import shakespeare
 
@@ -91,161 +89,6 @@ def test_microbatched_gradient_equals_full_batch_gradient():
   mbs = train.split_microbatches(batch, m)
   np.testing.assert_array_equal(np.sort(np.asarray(mbs).reshape(-1, 32), 0),
                                 np.sort(np.asarray(batch), 0))
-
-
-def test_ema_decay_warmup_and_update():
-  assert float(optim.ema_decay(0, 0.9999)) == pytest.approx(0.1)
-  assert float(optim.ema_decay(90, 0.9999)) == pytest.approx(91 / 100)
-  assert float(optim.ema_decay(10**7, 0.9999)) == pytest.approx(0.9999)
-  ema = optim.ema_update({'w': jnp.ones(3)}, {'w': jnp.zeros(3)}, 0.25)
-  np.testing.assert_allclose(ema['w'], 0.25)
-
-
-def test_learning_rate_schedules():
-  config = tiny_config()
-  opt = config.opt
-  opt.learning_rate, opt.warmup_steps = 1.0, 10
-  cosine = optim.learning_rate_schedule(opt, 110)
-  assert float(cosine(0)) == 0.0
-  assert float(cosine(5)) == pytest.approx(0.5)
-  assert float(cosine(10)) == pytest.approx(1.0)
-  assert float(cosine(60)) == pytest.approx(0.5, abs=1e-6)
-  assert float(cosine(110)) == pytest.approx(0.0, abs=1e-6)
-  opt.lr_schedule = 'linear'
-  linear = optim.learning_rate_schedule(opt, 110)
-  assert float(linear(5)) == pytest.approx(0.5)
-  assert float(linear(10)) == pytest.approx(1.0)
-  assert float(linear(85)) == pytest.approx(0.25)
-  assert float(linear(110)) == pytest.approx(0.0, abs=1e-6)
-  opt.lr_schedule = 'constant'
-  constant = optim.learning_rate_schedule(opt, 110)
-  assert float(constant(5)) == pytest.approx(0.5)
-  assert float(constant(100)) == pytest.approx(1.0)
-  opt.lr_schedule = 'step'
-  with pytest.raises(ValueError, match="unknown opt.lr_schedule 'step'"):
-    optim.learning_rate_schedule(opt, 110)
-
-
-def test_weight_decay_and_clipping():
-  config = tiny_config(**{'opt.weight_decay': 0.5, 'opt.grad_clip': 1e-3})
-  tx = optim.make_optimizer(config.opt, 10)
-  params = {'kernel': jnp.ones((2, 2)), 'scale': jnp.ones(2)}
-  grads = {'kernel': jnp.full((2, 2), 100.0), 'scale': jnp.zeros(2)}
-  state = tx.init(params)
-  for _ in range(config.opt.warmup_steps):  # reach the peak learning rate
-    updates, state = tx.update(grads, state, params)
-  assert float(jnp.abs(updates['scale']).max()) == 0.0  # no decay on vectors
-  assert float(updates['kernel'][0, 0]) < 0
-
-
-def test_muon_orthogonalises_each_block_matrix_and_adams_the_rest():
-  """opt.optimizer='muon': one step moves each of q, k, v (and gate, up) by an orthogonal-ish
-  matrix on its own (singular values near 1, times lr), not the fused kernel as one matrix;
-  the embedding and norms take AdamW's (with Nesterov momentum, as optax's Muon does)."""
-  config = tiny_config(**{'opt.optimizer': 'muon', 'opt.warmup_steps': 0,
-                          'opt.lr_schedule': 'constant', 'opt.grad_clip': 0.0,
-                          'opt.muon_learning_rate': 0.5, 'opt.learning_rate': 0.1})
-  d, h, k, f = 16, 2, 8, 48
-  params = {'block_0': {'qkv': {'kernel': jnp.zeros((d, 3, h, k))},
-                        'mlp_in': {'kernel': jnp.zeros((d, 2, f))},
-                        'mlp_out': {'kernel': jnp.zeros((f, d))},
-                        'attn_norm': {'scale': jnp.ones(d)}},
-            'embed': {'embedding': jnp.zeros((5, d))}}
-  rng = np.random.default_rng(0)
-
-  def well_conditioned(m, n):  # singular values spread over [1, 3]
-    u = np.linalg.qr(rng.normal(size=(m, m)))[0]
-    v = np.linalg.qr(rng.normal(size=(n, n)))[0]
-    r = min(m, n)
-    return (u[:, :r] * np.linspace(1.0, 3.0, r)) @ v[:r]
-
-  grads = {'block_0': {
-      'qkv': {'kernel': np.stack([well_conditioned(d, h * k).reshape(d, h, k)
-                                  for _ in range(3)], axis=1)},
-      'mlp_in': {'kernel': np.stack([well_conditioned(d, f) for _ in range(2)], axis=1)},
-      'mlp_out': {'kernel': well_conditioned(f, d)},
-      'attn_norm': {'scale': rng.normal(size=d)}},
-           'embed': {'embedding': rng.normal(size=(5, d))}}
-  grads = jax.tree.map(jnp.asarray, grads)
-  # Scale q, k and v's gradients differently: a joint orthogonalisation would keep the
-  # ratio, a separate one removes it.
-  grads['block_0']['qkv']['kernel'] *= jnp.array([1.0, 10.0, 100.0])[None, :, None, None]
-  tx = optim.make_optimizer(config.opt, 10)
-  updates, _ = tx.update(grads, tx.init(params), params)
-
-  def singular_values(m):
-    return np.linalg.svd(np.asarray(m), compute_uv=False)
-
-  qkv = updates['block_0']['qkv']['kernel']
-  for i in range(3):  # each a D x HK matrix, orthogonalised on its own
-    s = singular_values(qkv[:, i].reshape(d, h * k)) / 0.5
-    assert 0.5 < s.min() and s.max() < 1.5, (i, s)
-  for i in range(2):  # gate and up: D x F, scaled by sqrt(F / D) for width transfer
-    s = singular_values(updates['block_0']['mlp_in']['kernel'][:, i]) / 0.5
-    s /= np.sqrt(f / d)
-    assert 0.5 < s.min() and s.max() < 1.5, (i, s)
-  s = singular_values(updates['block_0']['mlp_out']['kernel']) / 0.5
-  assert 0.5 < s.min() and s.max() < 1.5, s
-  adamw = optax.adamw(0.1, b1=0.9, b2=config.opt.b2, weight_decay=0.0, nesterov=True)
-  for name, g, u in [('embedding', grads['embed']['embedding'],
-                      updates['embed']['embedding']),
-                     ('scale', grads['block_0']['attn_norm']['scale'],
-                      updates['block_0']['attn_norm']['scale'])]:
-    expected, _ = adamw.update(g, adamw.init(g), g)
-    np.testing.assert_allclose(u, expected, rtol=1e-5, err_msg=name)
-  config.opt.optimizer = 'lion'
-  with pytest.raises(ValueError, match="unknown opt.optimizer 'lion'"):
-    optim.make_optimizer(config.opt, 10)
-
-
-@pytest.mark.parametrize('muon_dtype,rtol', [('float32', 1e-4), ('bfloat16', 0.1)])
-def test_muon_matches_optax_muon(muon_dtype, rtol):
-  """Our Muon, which stacks each block's same-shaped matrices into one Newton-Schulz batch,
-  against optax.contrib.muon, one matrix at a time, over three steps with weight decay, on
-  unscanned blocks and a scanned one (a leading layer axis); bfloat16 products round."""
-  config = tiny_config(**{'opt.optimizer': 'muon', 'opt.warmup_steps': 0,
-                          'opt.lr_schedule': 'constant', 'opt.grad_clip': 0.0,
-                          'opt.weight_decay': 0.1, 'opt.muon_dtype': muon_dtype})
-  rng = np.random.default_rng(0)
-  shapes = {'block_0': {'qkv': (16, 3, 2, 8), 'attn_out': (16, 16), 'mlp_in': (16, 2, 48),
-                        'mlp_out': (48, 16), 'attn_norm': (16,)},
-            'block_1': {'qkv': (16, 3, 2, 8), 'mlp_out': (48, 16)},
-            'blocks': {'qkv': (3, 16, 3, 2, 8), 'mlp_in': (3, 16, 2, 48)},
-            'embed': (5, 16)}
-  params = jax.tree.map(  # {'kernel': ...}, {'scale': ...} for the norm
-      lambda shape: {'kernel' if len(shape) > 1 else 'scale':
-                     jnp.asarray(rng.normal(size=shape), jnp.float32)},
-      shapes, is_leaf=lambda x: isinstance(x, tuple))
-
-  def dimension_numbers(tree):
-    def spec(path, x):
-      axes = optim._muon_axes(path, x)
-      return None if axes is None else optax.contrib.MuonDimensionNumbers(*axes[1:])
-    return jax.tree_util.tree_map_with_path(spec, tree)
-
-  schedule = lambda lr: optim.learning_rate_schedule(config.opt, 10, lr)
-  reference = optax.partition({
-      'muon': optax.contrib.muon(schedule(config.opt.muon_learning_rate), beta=0.95,
-                                 weight_decay=0.1,
-                                 muon_weight_dimension_numbers=dimension_numbers),
-      'adamw': optax.adamw(schedule(config.opt.learning_rate), b1=0.9, b2=config.opt.b2,
-                           weight_decay=0.1, mask=optim._decay_mask, nesterov=True)},
-                              optim._muon_labels)
-  ours = optim.make_optimizer(config.opt, 10)
-  state, ref_state = ours.init(params), reference.init(params)
-  for _ in range(3):
-    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
-                         params)
-    updates, state = ours.update(grads, state, params)
-    expected, ref_state = reference.update(grads, ref_state, params)
-  labels = optim._muon_labels(params)
-  assert jax.tree.leaves(labels).count('muon') == 8
-  for u, e in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
-    scale = float(jnp.abs(e).max())
-    np.testing.assert_allclose(u / scale, e / scale, atol=rtol)
-  config.opt.muon_dtype = 'float16'
-  with pytest.raises(ValueError, match="unknown opt.muon_dtype 'float16'"):
-    optim.make_optimizer(config.opt, 10)
 
 
 def test_nan_check_names_step_and_metric():

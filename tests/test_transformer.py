@@ -74,21 +74,115 @@ def test_dropout_only_in_training():
 
 
 def test_init_scales_and_logical_axes():
-  n_layers = 8
-  net = _net(n_layers=n_layers, num_heads=4, feature_dim=64)
+  """The original's initialisation: LeCun-normal projections (variance 1/fan_in), MLP weights
+  of variance 2/(n_layers·fan_in) with depth_scaled_init (1/fan_in without), the embedding
+  N(0, 1/D), adaLN-zero and the output layer at zero."""
+  n_layers, d, k = 8, 256, 64
+  net = _net(n_layers=n_layers, num_heads=4, feature_dim=k)
   boxed = net.init(jax.random.key(0), jnp.zeros((B, L), jnp.int32), jnp.zeros((B,)))
   specs = nn.get_partition_spec(boxed)['params']
   assert tuple(specs['embed']['embedding']) == ('vocab', 'embed')
-  assert tuple(specs['block_0']['mlp_in']['kernel']) == ('embed', None, 'mlp')
+  assert tuple(specs['block_0']['feed_forward']['w1']) == ('embed', 'mlp')
+  assert tuple(specs['block_0']['attention']['wq']) == ('embed', 'heads')
   params = nn.unbox(boxed)['params']
-  out = np.asarray(params['block_3']['attn_out']['kernel'])
-  assert out.std() == pytest.approx(0.02 / math.sqrt(2 * n_layers), rel=0.05)
-  assert np.asarray(params['block_3']['qkv']['kernel']).std() == pytest.approx(0.02, rel=0.05)
-  assert not np.any(np.asarray(params['block_3']['adaln']['kernel']))  # adaLN-zero
-  plain = nn.unbox(_net(n_layers=n_layers, num_heads=4, feature_dim=64,
-                        depth_scaled_init=False).init(
+  block = jax.tree.map(np.asarray, params['block_3'])
+  f = transformer.mlp_width(d)
+  std = lambda a: float(np.std(a))
+  for name in ('wq', 'wk', 'wv', 'wo'):
+    assert std(block['attention'][name]) == pytest.approx(1 / math.sqrt(d), rel=0.05)
+  for name, fan_in in (('w1', d), ('w3', d), ('w2', f)):
+    assert std(block['feed_forward'][name]) == pytest.approx(
+        math.sqrt(2 / n_layers / fan_in), rel=0.05)
+  assert std(params['embed']['embedding']) == pytest.approx(1 / math.sqrt(d), rel=0.05)
+  assert std(params['time_mlp_in']['kernel']) == pytest.approx(1 / math.sqrt(k), rel=0.1)
+  assert std(params['time_mlp_out']['kernel']) == pytest.approx(1 / math.sqrt(4 * k), rel=0.1)
+  for zero in (block['adaln'], params['final_adaln'], params['logits']):  # adaLN-zero
+    assert not any(np.any(np.asarray(a)) for a in jax.tree.leaves(zero))
+  plain = nn.unbox(_net(n_layers=n_layers, num_heads=4, feature_dim=k, depth_scaled_init=False,
+                        cond_type='adaln').init(
       jax.random.key(0), jnp.zeros((B, L), jnp.int32), jnp.zeros((B,))))['params']
-  assert np.asarray(plain['block_3']['attn_out']['kernel']).std() == pytest.approx(0.02, rel=0.05)
+  assert std(plain['block_3']['feed_forward']['w2']) == pytest.approx(1 / math.sqrt(f), rel=0.05)
+  assert std(plain['block_3']['adaln']['kernel']) == pytest.approx(1 / math.sqrt(k), rel=0.1)
+
+
+def test_mlp_width_rounds_as_the_original():
+  assert [transformer.mlp_width(d) for d in (16, 128, 256, 768, 1024)] == [
+      64, 352, 704, 2048, 2752]
+  assert transformer.mlp_width(768, mlp_dim=100) == 100
+
+
+def test_time_embedding_sinusoids():
+  """[sin(t·f), cos(t·f)] with f_i = 10000^(−i/(h − 1)), i < h = dim/2."""
+  t = jnp.array([0.0, 3.0, 500.0])
+  got = np.asarray(transformer.timestep_embedding(t, 8))
+  f = 10_000.0**(-np.arange(4) / 3)
+  want = np.concatenate([np.sin(np.outer(t, f)), np.cos(np.outer(t, f))], axis=1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_rotates_interleaved_pairs_as_complex_numbers():
+  """Pair i of a feature vector at position p is multiplied by e^{i·p·θ_i}, θ_i = 10000^(−2i/K),
+  so that scores depend on positions only through their difference."""
+  x = np.asarray(jax.random.normal(jax.random.key(0), (1, 5, 2, 8)))
+  positions = np.arange(5, dtype=np.float32)
+  got = np.asarray(transformer.rotary(jnp.asarray(x), positions))
+  theta = 10_000.0**(-np.arange(0, 8, 2) / 8)
+  c = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * positions[None, :, None, None] * theta)
+  np.testing.assert_allclose(got[..., 0::2], c.real, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[..., 1::2], c.imag, rtol=1e-5, atol=1e-5)
+  q, k = (transformer.rotary(jnp.broadcast_to(jnp.asarray(x[:, :1]), x.shape), positions)
+          for _ in range(2))
+  scores = np.einsum('blhk,bmhk->hlm', q, k)  # the same vector at every position
+  np.testing.assert_allclose(scores[:, 0, 1], scores[:, 3, 4], rtol=1e-4)
+
+
+def test_causal_attention_sees_only_the_past():
+  net = _net(causal=True)
+  variables = _perturbed(_init(net))
+  z = jax.random.randint(jax.random.key(0), (B, L), 0, V)
+  t = jnp.full((B,), 0.5)
+  a = net.apply(variables, z, t)
+  b = net.apply(variables, z.at[:, 5].set((z[:, 5] + 1) % V), t)
+  np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(a[:, 5:] - b[:, 5:]).max()) > 1e-4
+  ref = jax.nn.dot_product_attention  # the einsum kernel's mask against jax's
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 4)) for i in range(3))
+  np.testing.assert_allclose(transformer.einsum_attention(q, k, v, causal=True),
+                             ref(q, k, v, is_causal=True), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_dropout_drops_probabilities():
+  """einsum_attention's dropout is softmax-then-dropout on the probabilities (kept ones
+  scaled by 1/(1 − rate)), computed directly, with the same key."""
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 3, 4)) for i in range(3))
+  key, rate = jax.random.key(9), 0.3
+  got = transformer.einsum_attention(q, k, v, dropout_rate=rate, dropout_rng=key)
+  qt, kt, vt = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+  p = jax.nn.softmax(jnp.einsum('bhlk,bhmk->bhlm', qt, kt) / 2.0)
+  keep = jax.random.bernoulli(key, 1 - rate, p.shape)
+  want = jnp.einsum('bhlm,bhmk->bhlk', jnp.where(keep, p / (1 - rate), 0.0), vt)
+  np.testing.assert_allclose(got, want.transpose(0, 2, 1, 3), rtol=1e-5, atol=1e-6)
+
+
+def test_channel_dropout_shares_its_mask_over_positions():
+  class Drop(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return transformer.channel_dropout(self, x, 0.5, train=True)
+  x = jnp.ones((4, 9, 32))
+  y = np.asarray(Drop().apply({}, x, rngs={'dropout': jax.random.key(0)}))
+  assert set(np.unique(y)) == {0.0, 2.0}
+  np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1], y.shape))  # same at every position
+  assert 0.3 < float((y == 0).mean()) < 0.7
+
+
+def test_narrow_embedding_projects_to_the_model_width():
+  """embed_dim E: ids embedded in E, then a dense layer (with bias) to D, as the original's
+  text8 network; no embedding dropout on that path."""
+  params = _init(_net(embed_dim=4, dropout_rate=0.5))['params']
+  assert params['embed']['embedding'].shape == (V + 1, 4)
+  assert params['embed_proj']['kernel'].shape == (4, 16)
+  assert params['embed_proj']['bias'].shape == (16,)
 
 
 @pytest.mark.parametrize('key,value', [('mlp_type', 'relu'), ('cond_type', 'film'),
@@ -285,9 +379,11 @@ def test_canon_layers_sit_where_asked():
   width; non-zero Canon weights change the network's output."""
   net = _net(canon_width=3, canon_positions=('qkv', 'mlp_hidden'))
   params = _init(net)['params']
-  assert set(k for k in params['block_0'] if k.startswith('canon')) == {
-      'canon_qkv', 'canon_mlp_hidden'}
-  assert params['block_0']['canon_qkv']['kernel'].shape == (3, 3 * 2 * 8)
+  block = params['block_0']
+  assert block['attention']['canon_qkv']['kernel'].shape == (3, 3 * 2 * 8)
+  assert block['feed_forward']['canon_mlp_hidden']['kernel'].shape == (
+      3, 2 * transformer.mlp_width(16))
+  assert not any('canon' in k for k in block)
   assert 'canon_attn_in' not in _init(_net(canon_width=0))['params']['block_0']
   z = jax.random.randint(jax.random.key(0), (B, L), 0, V + 1)
   t = jnp.full((B,), 0.5)
@@ -299,12 +395,12 @@ def test_canon_layers_sit_where_asked():
 
 
 def test_mlp_dim_sets_the_mlp_width():
-  """mlp_dim F gives [D, 2, F] and [F, D] MLP kernels; 0 gives 8D/3 rounded up to 128."""
+  """mlp_dim F gives [D, F] W1 and W3 and an [F, D] W2; 0 gives the original's rounding."""
   d = 2 * 8  # _net's num_heads · feature_dim
-  for mlp_dim, f in ((0, 128), (24, 24)):
-    block = _init(_net(mlp_dim=mlp_dim))['params']['block_0']
-    assert block['mlp_in']['kernel'].shape == (d, 2, f)
-    assert block['mlp_out']['kernel'].shape == (f, d)
+  for mlp_dim, f in ((0, 64), (24, 24)):
+    ffn = _init(_net(mlp_dim=mlp_dim))['params']['block_0']['feed_forward']
+    assert ffn['w1'].shape == ffn['w3'].shape == (d, f)
+    assert ffn['w2'].shape == (f, d)
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
@@ -315,11 +411,11 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
   for qk_norm in (True, False):
     net = _net(qk_norm=qk_norm)
     params = _perturbed(_init(net)['params'])
-    scale = jnp.array([7.0, 7.0, 1.0])[None, :, None, None]  # q, k; v unchanged
     scaled = jax.tree_util.tree_map_with_path(
-        lambda path, p: p * scale if 'qkv' in jax.tree_util.keystr(path) else p, params)
+        lambda path, p: p * 7.0 if jax.tree_util.keystr(path).endswith(
+            ("['wq']", "['wk']")) else p, params)
     a, b = (net.apply({'params': p}, z, t) for p in (params, scaled))
-    assert ('q_norm' in params['block_0']) == qk_norm
+    assert ('q_norm' in params['block_0']['attention']) == qk_norm
     if qk_norm:
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     else:
@@ -329,7 +425,9 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
 @pytest.mark.parametrize('kw,match', [({'canon_width': 2}, 'canon_width must be 0'),
                                       ({'canon_width': 3, 'canon_positions': ('mlp',)},
                                        "unknown canon_positions \\['mlp'\\]"),
-                                      ({'mlp_dim': -1}, 'mlp_dim must be >= 0')])
+                                      ({'mlp_dim': -1}, 'mlp_dim must be >= 0'),
+                                      ({'embed_dim': -2}, 'embed_dim must be >= 0'),
+                                      ({'feature_dim': 7}, 'feature_dim must be even')])
 def test_bad_network_options_are_rejected(kw, match):
   with pytest.raises(ValueError, match=match):
     _net(**kw)

@@ -19,7 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Labelled images (digits, cifar10, imagenet64): batches carry labels, the network is
   # class-conditional and samples are drawn one grid row per class.
   config.data.class_conditional = False
-  # Number of token ids; None takes it from the dataset. Required by 'array'.
+  # Number of token ids; None takes it from the dataset. Required by 'array'. A larger
+  # value than the dataset's gives the model ids that never occur in the data (the
+  # original's GenMD4 OpenWebText config has 50,259 for GPT-2's 50,257 tokens).
   config.data.vocab_size = config_dict.placeholder(int)
 
   config.model = ml_collections.ConfigDict()  # keyword arguments of the model class
@@ -39,15 +41,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.network.type = 'transformer'  # key of md4.networks.NETWORKS
   config.network.n_layers = 12
   config.network.num_heads = 12
-  config.network.feature_dim = 64  # per head; width = num_heads * feature_dim
-  config.network.mlp_type = 'glu'  # 'glu', 'geglu' or 'swiglu'
-  config.network.mlp_dim = 0  # MLP hidden width F; 0: 8/3 of the width, rounded up to 128
+  # Per head; width = num_heads * feature_dim; also the width of the time embedding.
+  config.network.feature_dim = 64
+  config.network.mlp_type = 'glu'  # 'glu', 'geglu' or 'swiglu'; also the activation before adaLN
+  config.network.mlp_dim = 0  # MLP hidden width F; 0: 8/3 of the width, rounded up to 32
+  # Input embedding width: 0 embeds token ids in the model width (with dropout); E > 0 in E,
+  # then a dense layer to the model width (the original's text8 network, E = feature_dim).
+  config.network.embed_dim = 0
   # RMSNorm on each head's queries and keys (QK-norm), bounding the attention logits.
   config.network.qk_norm = False
   config.network.cond_type = 'adaln_zero'  # time conditioning: 'adaln' or 'adaln_zero'
   config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
+  # Dropout on the embeddings and attention probabilities, and channel-wise (one mask per
+  # example and channel) on the attention and MLP outputs, as the original's.
   config.network.dropout_rate = 0.0
-  config.network.depth_scaled_init = True  # residual outputs init std 0.02/sqrt(2 n_layers)
+  config.network.depth_scaled_init = True  # MLP weights of variance 2/(n_layers fan_in)
+  config.network.causal = False  # left-to-right attention (the autoregressive baseline)
   # Canon layers (Allen-Zhu, 2025): residual depthwise convolutions over canon_width
   # neighbouring positions (0: none, else odd), zero-initialised, at canon_positions among
   # 'attn_in', 'qkv', 'mlp_in', 'mlp_hidden' (md4.networks.transformer.CANON_POSITIONS).
@@ -91,9 +100,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.opt.lr_schedule = 'cosine'  # after warm-up: 'cosine' or 'linear' (to 0), 'constant'
   config.opt.warmup_steps = 2000  # linear warm-up from 0
   config.opt.b2 = 0.999
-  config.opt.weight_decay = 0.0  # decoupled, on matrices only
+  config.opt.weight_decay = 0.0  # decoupled
+  # What weight decay applies to: 'matrices' (kernels and embeddings) or 'all' parameters
+  # (the original's optax.adamw: norm scales, biases and GenMD4's schedule powers too).
+  config.opt.weight_decay_mask = 'matrices'
   config.opt.grad_clip = 0.0  # global-norm clipping; 0 turns it off
   config.opt.ema_rate = 0.9999  # EMA of the parameters, used for eval and sampling
+  # EMA decay min(ema_rate, (1 + step)/(10 + step)), so that short runs average recent
+  # weights; False: ema_rate from the first step (the original's).
+  config.opt.ema_warmup = True
 
   config.sampling = ml_collections.ConfigDict()
   config.sampling.sampler = 'ancestral'  # 'ancestral', 'topp' or 'mean'

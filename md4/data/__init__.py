@@ -81,9 +81,12 @@ def load_dataset(data_config) -> tuple[DatasetInfo, dict[str, np.ndarray]]:
     raise ValueError(f'dataset {name!r} holds token sequences; data_shape should be'
                      f' (sequence_length,), got {data_shape}')
   vocab_size, decode, splits, *extra = DATASETS[name](data_config)
-  if data_config.vocab_size not in (None, vocab_size):
-    raise ValueError(f'dataset {name!r} has {vocab_size} token ids but config.data.'
-                     f'vocab_size = {data_config.vocab_size}; leave it unset (None)')
+  if data_config.vocab_size is not None:
+    if data_config.vocab_size < vocab_size:
+      raise ValueError(f'dataset {name!r} has {vocab_size} token ids but config.data.'
+                       f'vocab_size = {data_config.vocab_size}; leave it unset (None) or'
+                       f' raise it to at least {vocab_size}')
+    vocab_size = data_config.vocab_size  # a larger vocabulary: the extra ids never occur
   eval_splits = tuple(s for s in splits if s != 'train')
   fields = extra[0] if extra else {}
   num_classes = images.NUM_CLASSES[name] if class_conditional else 0

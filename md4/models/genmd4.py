@@ -1,14 +1,14 @@
 """GenMD4: masked diffusion with a state-dependent masking schedule (Shi et al., 2024).
 
 Each token value v has its own schedule, a polynomial with a learned power w_v > 0, in the
-ε convention of md4/schedules.py:
+paper's and the original release's form:
 
-    α_t(v) = (1 − 2ε)·(1 − t^{w_v}) + ε,      α′_t(v) = −(1 − 2ε)·w_v·t^{w_v − 1}.
+    α_t(v) = 1 − (1 − ε)·t^{w_v},      α′_t(v) = −(1 − ε)·w_v·t^{w_v − 1},
 
-The paper writes α_t = 1 − (1 − ε)·t^w; we keep the repo's (1 − 2ε)·α̃ + ε form so that with
-every w_v = K, α, α′, the forward process and the ELBO integrand are exactly those of MD4 with
-the `polyK` schedule (tests/test_genmd4.py checks it). w = softplus(w_raw), with `w_raw` [V] a
-parameter of this module beside the network's, learned with the ELBO.
+so α_0(v) = 1 exactly and the ELBO weight α′/(1 − α) is −w_v/t. Time is drawn from
+[t1, 1]; on [0, t1] the reconstruction term takes over, with the original's posterior
+decoder. w = softplus(w_raw), with `w_raw` [V] a parameter of this module beside the
+network's, learned with the ELBO.
 
 Notation as in md4.py: x the data, m = V the mask id, z_t the noised sequence, μθ(z_t, t)
 the network's prediction of x. Loss terms are per example, in bits per token.
@@ -28,18 +28,23 @@ EPS = schedules.EPS
 
 
 def alpha(t, w):
-  """α_t = (1 − 2ε)·(1 − t^w) + ε, elementwise with broadcasting."""
-  return (1.0 - 2.0 * EPS) * (1.0 - t**w) + EPS
+  """α_t = 1 − (1 − ε)·t^w, elementwise with broadcasting."""
+  return 1.0 - mask_prob(t, w)
 
 
 def mask_prob(t, w):
-  """1 − α_t = (1 − 2ε)·t^w + ε, without the cancellation of 1 − α_t when α_t ≈ 1."""
-  return (1.0 - 2.0 * EPS) * t**w + EPS
+  """1 − α_t = (1 − ε)·t^w, without the cancellation of 1 − α_t when α_t ≈ 1."""
+  return (1.0 - EPS) * t**w
 
 
 def dalpha(t, w):
-  """α′_t = −(1 − 2ε)·w·t^{w − 1} (t > 0)."""
-  return -(1.0 - 2.0 * EPS) * w * t**(w - 1.0)
+  """α′_t = −(1 − ε)·w·t^{w − 1} (t > 0)."""
+  return -(1.0 - EPS) * w * t**(w - 1.0)
+
+
+def elbo_weight(t, w):
+  """α′_t/(1 − α_t) = −w/t (t > 0), the weight of the continuous-time ELBO."""
+  return -w / t
 
 
 def inverse_softplus(y):
@@ -62,7 +67,7 @@ class GenMD4(nn.Module):
   network: nn.Module
   vocab_size: int  # V; the mask id is V
   data_shape: tuple[int, ...]
-  power_init: float = 1.0  # initial w_v for every v (1: MD4's linear schedule)
+  power_init: float = 1.0  # initial w_v for every v (1: a linear schedule)
   t1: float = 1e-3  # t ~ U(t1, 1); below t1 the reconstruction term takes over
   antithetic_time_sampling: bool = True
 
@@ -141,11 +146,11 @@ class GenMD4(nn.Module):
       Σ_{n: z_t^n = m} Σ_v α′_t(v)/(1 − α_t(v)) · [x_n(v)·(1 + x_nᵀ log μθ) − μθ(v)].
 
     Written, using Σ_v μθ(v) = 1, as weight(x_n)·log μθ(x_n) + Σ_v (weight(x_n) − weight(v))·μθ(v)
-    with weight = α′/(1 − α): the first part is MD4's integrand, the second is 0 when all w
-    are equal.
+    with weight = α′/(1 − α) = −w/t: the first part is MD4's integrand, the second is 0 when
+    all w are equal.
     """
     log_mu = jax.nn.log_softmax(logits, axis=-1)  # [B, *S, V]
-    weight = self.dalpha(t) / self.mask_prob(t)  # α′/(1 − α): [B, 1, ..., 1, V], ≤ 0
+    weight = elbo_weight(self._per_value(t), self.powers())  # [B, 1, ..., 1, V], ≤ 0
     weight_x = _pick(weight, x)  # [B, *S]
     log_mu_x = jnp.take_along_axis(log_mu, x[..., None], axis=-1)[..., 0]  # [B, *S]
     spread = jnp.sum((weight_x[..., None] - weight) * jnp.exp(log_mu), axis=-1)  # [B, *S]
@@ -154,23 +159,50 @@ class GenMD4(nn.Module):
     return jnp.sum(jnp.where(is_masked, per_token, 0.0), axis=tuple(range(1, x.ndim)))
 
   def recon_loss(self, x):
-    """−E_q(z_t1|x) log p(x | z_t1) per example [B], in nats: Σ_n (1 − α_t1(x_n))·log V.
+    """−E_q(z_t1|x) log p(x | z_t1) per example [B], in nats.
 
-    p(x | z_t1) copies unmasked tokens and is uniform over V at masked ones (as in MD4).
+    The original's posterior decoder: an unmasked token is copied, and a masked one is
+    decoded as v with probability ∝ t1^{w_v}, the chance that v is masked by t1 (Bayes'
+    rule under a uniform prior over v). So each token n costs
+      (1 − α_t1(x_n))·(log Σ_v t1^{w_v} − w_{x_n}·log t1).
     """
-    mask_t1_x = _pick(mask_prob(self.t1, self.powers()), x)  # [B, *S]
-    return jnp.sum(mask_t1_x, axis=tuple(range(1, x.ndim))) * math.log(self.vocab_size)
+    w = self.powers()  # [V]
+    log_t1 = math.log(self.t1)
+    w_x = _pick(w, x)  # [B, *S]
+    nll_masked = jax.nn.logsumexp(w * log_t1) - w_x * log_t1  # [B, *S]
+    per_token = mask_prob(self.t1, w_x) * nll_masked
+    return jnp.sum(per_token, axis=tuple(range(1, x.ndim)))
 
   def prior_loss(self):
-    """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats: α_1(v) = ε for every v, so n·ε·log V."""
-    return math.prod(self.data_shape) * EPS * math.log(self.vocab_size)
+    """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats: 0.
+
+    The prior is the fully masked sequence. q(z_1 | x) keeps token n with probability
+    α_1(x_n) = ε, which the original release counts as negligible and reports as 0, as MD4
+    does (md4.MD4.prior_loss).
+    """
+    return 0.0
 
   def loss_terms(self, x, t, train=False, label=None) -> dict[str, Any]:
     """Negative-ELBO terms at given times t [B], per example in bits per token: each [B].
 
-    Two masks z⁽¹⁾, z⁽²⁾ ~ q(z_t | x) per example (one network call on 2B rows) give l₁, l₂,
-    each the one-sample estimate (1 − t1)·integrand + recon + prior; (1 − t1) is the Jacobian of
-    t ~ U(t1, 1). The objective
+    Draws two masks z⁽¹⁾, z⁽²⁾ ~ q(z_t | x) per example and runs the network once on the 2B
+    rows; `objective` turns them into the terms.
+    """
+    x2, t2 = jnp.concatenate([x, x]), jnp.concatenate([t, t])  # [2B, *S], [2B]
+    z_t = self.forward_sample(x2, t2)
+    label2 = None if label is None else jnp.concatenate([label, label])  # [2B]
+    logits = self.predict_logits(z_t, t2, train=train, label=label2)
+    return self.objective(x, t, z_t, logits)
+
+  def objective(self, x, t, z_t, logits) -> dict[str, Any]:
+    """The terms of x [B, *S] at t [B] from two masks z_t [2B, *S] (z⁽¹⁾ then z⁽²⁾, each B
+    rows) and the network's logits on them [2B, *S, V].
+
+    z⁽¹⁾ and z⁽²⁾ give l₁, l₂, each the one-sample estimate integrand + recon + prior. As in
+    the original release, t is uniform on [t1, 1] and the integrand is not multiplied by the
+    length 1 − t1 of that interval: the diffusion term estimates
+    ∫_{t1}^1 (integrand) dt / (1 − t1), an upper bound 1/(1 − t1) (0.1% at t1 = 1e-3) above
+    the ELBO's, which the paper's numbers include. The objective
       loss = ½(l₁ + l₂) + ½·sg(l₁ − l₂)·(Δ − sg(Δ)),   Δ = log q(z⁽¹⁾|x) − log q(z⁽²⁾|x),
     equals loss_nelbo = ½(l₁ + l₂) in value (the added term is exactly 0), and its gradient in
     w is the pathwise one plus the leave-one-out REINFORCE estimate ½(l₁ − l₂)·∇_w Δ of the
@@ -178,11 +210,8 @@ class GenMD4(nn.Module):
     """
     batch_size = x.shape[0]
     x2, t2 = jnp.concatenate([x, x]), jnp.concatenate([t, t])  # [2B, *S], [2B]
-    z_t = self.forward_sample(x2, t2)
-    label2 = None if label is None else jnp.concatenate([label, label])  # [2B]
-    logits = self.predict_logits(z_t, t2, train=train, label=label2)
     to_bits = 1.0 / (math.prod(self.data_shape) * math.log(2.0))
-    diff = (1.0 - self.t1) * self.diffusion_loss(x2, t2, z_t, logits) * to_bits  # [2B]
+    diff = self.diffusion_loss(x2, t2, z_t, logits) * to_bits  # [2B]
     recon = self.recon_loss(x) * to_bits  # [B]
     prior = self.prior_loss() * to_bits
     diff1, diff2 = jnp.split(diff, 2)
@@ -209,10 +238,6 @@ class GenMD4(nn.Module):
     return self.loss_terms(x, self.sample_times(x.shape[0]), train=train, label=label)
 
   def sample_prior(self, rng, batch_size):
-    """z_1 ~ p(z_1), the forward marginal at t = 1 of uniform data: a uniform token v, kept
-    w.p. α_1(v) = ε, else the mask. [B, *S]."""
-    rng_keep, rng_tok = jax.random.split(rng)
-    shape = (batch_size,) + tuple(self.data_shape)
-    tokens = jax.random.randint(rng_tok, shape, 0, self.vocab_size)
-    keep = jax.random.bernoulli(rng_keep, _pick(alpha(1.0, self.powers()), tokens))
-    return jnp.where(keep, tokens, self.mask_id)
+    """z_1 ~ p(z_1): every token masked. [B, *S]."""
+    del rng
+    return jnp.full((batch_size,) + tuple(self.data_shape), self.mask_id, jnp.int32)

@@ -175,13 +175,14 @@ class MD4(nn.Module):
     return n * (1.0 - self.schedule.alpha(0.0)) * math.log(self.vocab_size)
 
   def prior_loss(self, n):
-    """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats, for n tokens (scalar or [B]).
+    """KL(q(z_1 | x) ‖ p(z_1)) per example, in nats, for n tokens (scalar or [B]): 0.
 
-    The prior is the forward marginal at t = 1 of uniform data: each token is masked with
-    probability 1 − α(1) and uniform over V otherwise (`sample_prior` draws it). Per token the
-    KL is α(1)·log V.
+    The prior p(z_1) is the fully masked sequence, where the samplers start. With the
+    paper's α(1) = 0 the term is exactly 0; with the ε-shifted schedules here q(z_1 | x)
+    still keeps each token with probability α(1) = ε, which the original release counts as
+    negligible and reports as 0. So do we, so that the bound is the one the paper reports.
     """
-    return n * self.schedule.alpha(1.0) * math.log(self.vocab_size)
+    return jnp.zeros_like(jnp.asarray(n, jnp.float32))
 
   def diffusion_loss(self, x, t, z_t, logits, weight=None):
     """Per-example diffusion term in nats, continuous or T-step; `weight` [B] replaces the
@@ -231,20 +232,15 @@ class MD4(nn.Module):
     }
 
   def sample_prior(self, rng, batch_size):
-    """z_1 ~ p(z_1): mask with probability 1 − α(1), else a uniform token. [B, *S].
+    """z_1 ~ p(z_1): every token masked. [B, *S].
 
     With padding, a length L ~ length_probs is drawn per example and positions ≥ L are
     padding, which the samplers never change: samples are drawn from p(x | L).
     """
-    if self.pad_id is not None:
-      rng, rng_len = jax.random.split(rng)
-      lengths = jax.random.categorical(rng_len, jnp.log(jnp.asarray(self.length_probs)),
-                                       shape=(batch_size, 1))  # [B, 1]
-    rng_keep, rng_tok = jax.random.split(rng)
     shape = (batch_size,) + tuple(self.data_shape)
-    keep = jax.random.bernoulli(rng_keep, self.schedule.alpha(1.0), shape)
-    tokens = jax.random.randint(rng_tok, shape, 0, self.vocab_size)
-    z = jnp.where(keep, tokens, self.mask_id)
+    z = jnp.full(shape, self.mask_id, jnp.int32)
     if self.pad_id is not None:
+      lengths = jax.random.categorical(rng, jnp.log(jnp.asarray(self.length_probs)),
+                                       shape=(batch_size, 1))  # [B, 1]
       z = jnp.where(jnp.arange(shape[1]) >= lengths, self.pad_id, z)
     return z

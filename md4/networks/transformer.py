@@ -1,14 +1,33 @@
-"""The one transformer backbone: bidirectional, LLaMA-style, time-conditioned.
+"""The one transformer backbone: the original MD4 release's network, time-conditioned.
 
-Token ids in [0, V] (V is the mask id) are embedded, passed through `n_layers` pre-norm
-blocks (RMSNorm, rotary self-attention, gated MLP), and projected to V logits by a
-zero-initialised layer. The diffusion time t enters through a sinusoidal embedding and an
-MLP, and modulates every norm (adaLN), optionally with zero-initialised residual gates
-(adaLN-zero, as in DiT). Parameters carry logical axis names ('vocab', 'embed', 'heads',
-'mlp', 'cond') so that a mesh can shard them by rules without a second copy of this file.
+Block for block, the network of the MD4 release (a LLaMA-2-style transformer, after
+karpathy/llama2.c, with DiT's adaLN conditioning), bidirectional:
+
+  h = Embed(z)                                   [B, L, D]; dropout (or a narrow Embed
+                                                 and a Dense to D: `embed_dim`)
+  c = Dense(act(Dense(sinusoids(1000·t))))       [B, K] time embedding (`time_embedding`)
+  for each block:
+    (shift, scale, gate) × 2 = Dense(σ(c))       σ: the MLP's activation (adaLN)
+    h = h + gate₁·Attn(LN(h)·(1 + scale₁) + shift₁)
+    h = h + gate₂·MLP(LN(h)·(1 + scale₂) + shift₂)
+  logits = Dense(LN(h)·(1 + scale) + shift)      [B, L, V], zero-initialised
+
+LN is LayerNorm without scale or bias (ε = 1e-5); without time conditioning
+(`time_features='none'`) the norms are RMSNorms with a learned scale and there is no adaLN.
+Attention has separate q, k, v and output projections, interleaved rotary embeddings and
+dropout on its probabilities; the MLP is gated, act(x·W1)·(x·W3)·W2. Dropout on the outputs
+of attention and MLP is channel-wise (one mask per example and channel, shared by every
+position). Initialisation as the original: LeCun-normal projections, FFN weights of variance
+2/(n_layers·fan_in) with `depth_scaled_init`, the embedding N(0, 1/D), adaLN and the output
+layer at zero for adaLN-zero.
+
+Beyond the original, off by default: QK-norm, Canon layers, a causal mask (the
+autoregressive baseline), 16-bit products (`matmul_dtype`), rematerialisation, scanned layers.
+Parameters carry logical axis names ('vocab', 'embed', 'heads', 'mlp', 'cond') so that a mesh
+can shard them by rules without a second copy of this file.
 
 Shapes: B batch, L length, D = num_heads·feature_dim width, H heads, K = feature_dim,
-F MLP width, V vocabulary.
+F MLP width, V vocabulary, E narrow embedding width.
 """
 
 import functools
@@ -26,14 +45,16 @@ MLP_ACTIVATIONS = {
 }
 COND_TYPES = ('adaln', 'adaln_zero')
 TIME_FEATURES = ('t', 'none')
-MLP_MULTIPLE = 128  # F = 8D/3 rounded up to a multiple of this, unless mlp_dim is set
+MLP_MULTIPLE = 32  # F = ⌊8D/3⌋ rounded up to a multiple of this, unless mlp_dim is set
+NORM_EPS = 1e-5
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Attention kernel: 'xla' and 'cudnn' are jax.nn.dot_product_attention's implementations,
 # 'einsum' is `einsum_attention`. 'auto' picks cuDNN's fused kernel on GPUs in 16-bit
-# compute, 'einsum' on CPUs (where it is the faster one), else 'xla'.
+# compute, 'einsum' on CPUs (where it is the faster one), else 'xla'. Attention dropout in
+# training always runs `einsum_attention`, the one that has it.
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
 # Where a block may have a Canon layer (`Canon`; Allen-Zhu's A, B, C, D): on the normed
-# input of attention, on q, k and v, on the normed input of the MLP, on its gate and up units.
+# input of attention, on q, k and v, on the normed input of the MLP, on its W1 and W3 units.
 CANON_POSITIONS = ('attn_in', 'qkv', 'mlp_in', 'mlp_hidden')
 # What a rematerialised block keeps from its forward pass for the backward pass.
 REMAT_POLICIES = {
@@ -42,42 +63,13 @@ REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
 
-
-class Projection(nn.Module):
-  """Bias-free linear map of the last axis: x [..., D] -> [..., *features].
-
-  The leading axes are flattened first, so the product is one [N, D] matrix times the
-  kernel: XLA's CPU backend runs the backward pass of a contraction over [B, L, D] up to
-  2.5x slower. On CPUs a fused kernel ([D, 3, H, K] for q, k, v) is also flattened to one
-  [D, 3·H·K] matrix (1.4x faster backward); elsewhere it keeps its shape, so that a kernel
-  sharded along heads or MLP units over 'tensor' stays sharded. Either way the parameter
-  keeps its shape, its logical axes and its per-matrix treatment by Muon.
-  """
-  features: tuple[int, ...]
-  axes: tuple[str | None, ...]  # logical axes of the kernel [D, *features]
-  dtype: jnp.dtype  # of the output (the activations)
-  std: float = 0.02
-  zero: bool = False
-  matmul_dtype: jnp.dtype | None = None  # of the product's operands (None: dtype)
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    init = nn.initializers.zeros if self.zero else nn.initializers.normal(self.std)
-    md = self.matmul_dtype or self.dtype
-    kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
-                        (d,) + self.features, jnp.float32).astype(md)
-    x2 = x.reshape(-1, d).astype(md)  # [N, D]
-    if jax.default_backend() == 'cpu':
-      y = float32_matmul(x2, kernel.reshape(d, -1))
-    else:
-      y = jnp.tensordot(x2, kernel, axes=1)
-    return y.astype(self.dtype).reshape(x.shape[:-1] + self.features)
+lecun_normal = nn.initializers.lecun_normal()  # variance 1/fan_in, truncated normal
 
 
-def _dense(features, axes, dtype, std=0.02, name=None, zero=False, matmul_dtype=None):
-  return Projection((features,), axes, dtype, std=std, zero=zero, name=name,
-                    matmul_dtype=matmul_dtype)
+def mlp_width(d, mlp_dim=0):
+  """F: `mlp_dim`, or the original's ⌊2·4D/3⌋ rounded up to a multiple of 32 (2048 at
+  D = 768, 2752 at D = 1024)."""
+  return mlp_dim or MLP_MULTIPLE * math.ceil(int(8 * d / 3) / MLP_MULTIPLE)
 
 
 @functools.cache
@@ -134,29 +126,124 @@ def _low_precision_matmul_bwd(residuals, g):  # g [N, F] float32
 _low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
-class Logits(nn.Module):
-  """The zero-initialised output layer: [..., D] -> float32 logits [..., V]."""
-  vocab_size: int
-  dtype: jnp.dtype  # of the product's operands
+def project(x, kernels, dtype, matmul_dtype):
+  """x [..., D] times each kernel [D, F_i] (bias-free dense layers on one input).
+
+  The leading axes are flattened first, so each product is one [N, D] matrix times a
+  kernel: XLA's CPU backend runs the backward pass of a contraction over [B, L, D] up to
+  2.5x slower. On CPUs the kernels are also concatenated into one [D, ΣF_i] product (q, k
+  and v; W1 and W3: 1.4x faster backward there); elsewhere each stays its own product, so
+  that a kernel sharded along heads or MLP units keeps its sharding. Returns one [..., F_i]
+  array per kernel, in `dtype`.
+  """
+  d = x.shape[-1]
+  x2 = x.reshape(-1, d).astype(matmul_dtype)  # [N, D]
+  kernels = [k.astype(matmul_dtype) for k in kernels]
+  if jax.default_backend() == 'cpu' and len(kernels) > 1:
+    y = float32_matmul(x2, jnp.concatenate(kernels, axis=1))
+    ys = jnp.split(y, np.cumsum([k.shape[1] for k in kernels])[:-1], axis=1)
+  else:
+    ys = [float32_matmul(x2, k) for k in kernels]
+  return [y.astype(dtype).reshape(x.shape[:-1] + y.shape[-1:]) for y in ys]
+
+
+def _kernel(module, name, init, shape, axes):
+  """A float32 parameter `name` of `shape` with logical axes `axes`."""
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class Dense(nn.Module):
+  """x [..., D_in] -> [..., features]: a kernel [D_in, features] and an optional bias, in
+  the network's products dtype (`project`)."""
+  features: int
+  axes: tuple[str | None, str | None]  # logical axes of the kernel
+  dtype: jnp.dtype
+  matmul_dtype: jnp.dtype
+  kernel_init: nn.initializers.Initializer = lecun_normal
+  use_bias: bool = True
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param(
-        'kernel', nn.with_logical_partitioning(nn.initializers.zeros, ('embed', 'vocab')),
-        (x.shape[-1], self.vocab_size), jnp.float32)
-    y = float32_matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
-    return y.reshape(x.shape[:-1] + (self.vocab_size,))
+    kernel = _kernel(self, 'kernel', self.kernel_init, (x.shape[-1], self.features),
+                     self.axes)
+    y, = project(x, [kernel], self.dtype, self.matmul_dtype)
+    if self.use_bias:
+      y = y + _kernel(self, 'bias', self.bias_init, (self.features,), self.axes[1:])
+    return y
 
 
-def _rms_norm(name, dtype, axis='embed'):
-  """RMSNorm over the last axis, whose logical name is `axis`, with a learned scale."""
-  return nn.RMSNorm(
-      epsilon=1e-6,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      use_scale=True,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
-      name=name)
+def timestep_embedding(t, dim, max_period=10_000.0):
+  """Transformer sinusoids of t: [B] -> [B, dim], as the original's time embedding.
+
+  With h = dim/2 frequencies f_i = max_period^(−i/(h − 1)), i = 0..h−1, the embedding is
+  [sin(t·f), cos(t·f)]; the network passes 1000·t.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / (half - 1))  # [h]
+  args = t.astype(jnp.float32)[:, None] * freqs[None]  # [B, h]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def rotary(x, positions):
+  """Rotary position embedding (Su et al., 2021) of x [B, L, H, K] at positions [L].
+
+  Features are rotated in interleaved pairs (x_{2i}, x_{2i+1}), the pair i by the angle
+  p·10000^(−2i/K) at position p, as in LLaMA and the original.
+  """
+  k = x.shape[-1]
+  freqs = 1.0 / (10_000.0**(np.arange(0, k, 2) / k))  # [K/2]
+  angles = np.asarray(positions)[:, None] * freqs[None]  # [L, K/2]
+  cos = np.cos(angles).astype(np.float32)[None, :, None, :]
+  sin = np.sin(angles).astype(np.float32)[None, :, None, :]
+  pairs = x.reshape(x.shape[:-1] + (k // 2, 2))
+  x1, x2 = pairs[..., 0], pairs[..., 1]  # [B, L, H, K/2]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.reshape(x.shape)
+
+
+def einsum_attention(q, k, v, causal=False, dropout_rate=0.0, dropout_rng=None):
+  """Attention softmax(q·kᵀ/√K)·v (Vaswani et al., 2017, eq. 1), [B, L, H, K].
+
+  Two products in [B, H, L, K] layout, with the softmax's normalisation applied after the
+  second: softmax(s)·v = (exp(s − max s)·v) / Σ exp(s − max s), so that the division acts
+  on [B, H, L, K] rather than on the [B, H, L, L] scores. Scores, exponentials and sums are
+  float32. `causal` lets position i attend to positions ≤ i only. With `dropout_rate` > 0
+  each attention probability is dropped (and the kept ones scaled by 1/(1 − rate)) by
+  dropping its exponential in the numerator only. The same function as
+  jax.nn.dot_product_attention; on XLA's CPU backend a train step of the benchmark's
+  4-layer 256-wide shape is about 10% faster with it.
+  """
+  scale = q.shape[-1]**-0.5
+  q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, L, K]
+  s = jnp.einsum('bhlk,bhmk->bhlm', q * scale, k, preferred_element_type=jnp.float32)
+  if causal:
+    l = s.shape[-1]
+    s = jnp.where(np.tril(np.ones((l, l), bool)), s, -jnp.inf)
+  # The subtracted maximum cancels in the ratio, so no gradient flows through it.
+  e = jnp.exp(s - jax.lax.stop_gradient(s.max(axis=-1, keepdims=True)))
+  total = e.sum(axis=-1, keepdims=True)
+  if dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, e.shape)
+    e = jnp.where(keep, e / (1.0 - dropout_rate), 0.0)
+  y = jnp.einsum('bhlm,bhmk->bhlk', e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  y = y / total
+  return y.astype(v.dtype).transpose(0, 2, 1, 3)
+
+
+def channel_dropout(module, x, rate, train):
+  """Dropout of whole channels of x [B, L, C]: one mask [B, 1, C] per example and channel,
+  shared by every position, kept values scaled by 1/(1 − rate) (the original's Dropout1d)."""
+  if rate == 0.0 or not train:
+    return x
+  keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - rate,
+                              (x.shape[0], 1, x.shape[-1]))
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def modulate(x, shift, scale):
+  """adaLN: x·(1 + scale) + shift, with shift/scale [B, D] broadcast over L."""
+  return x * (1.0 + scale[:, None]) + shift[:, None]
 
 
 def _constrain(x, axes):
@@ -164,47 +251,17 @@ def _constrain(x, axes):
   return nn.with_logical_constraint(x, axes)
 
 
-def sinusoidal_embedding(t, dim, max_period=10_000.0):
-  """Transformer sinusoids of 1000·t (DDPM convention): [B] -> [B, dim]."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)  # [dim/2]
-  args = 1000.0 * t[:, None] * freqs[None]  # [B, dim/2]
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+def _layer_norm(dtype, name):
+  """LayerNorm without scale or bias, ε = 1e-5: the norm under adaLN."""
+  return nn.LayerNorm(epsilon=NORM_EPS, use_bias=False, use_scale=False, dtype=dtype,
+                      name=name)
 
 
-def rotary(x, positions):
-  """Rotary position embedding (Su et al., 2021) of x [B, L, H, K] at positions [L]."""
-  k = x.shape[-1]
-  freqs = 1.0 / (10_000.0**(np.arange(0, k, 2) / k))  # [K/2]
-  angles = np.asarray(positions)[:, None] * freqs[None]  # [L, K/2]
-  cos = np.cos(angles).astype(np.float32)[None, :, None, :]
-  sin = np.sin(angles).astype(np.float32)[None, :, None, :]
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-
-
-def einsum_attention(q, k, v):
-  """Bidirectional attention softmax(q·kᵀ/√K)·v (Vaswani et al., 2017, eq. 1), [B, L, H, K].
-
-  Two products in [B, H, L, K] layout, with the softmax's normalisation applied after the
-  second: softmax(s)·v = (exp(s − max s)·v) / Σ exp(s − max s), so that the division acts
-  on [B, H, L, K] rather than on the [B, H, L, L] scores. Scores, exponentials and sums are
-  float32. The same function as jax.nn.dot_product_attention; on XLA's CPU backend the
-  train step of the benchmark's 4-layer 256-wide shape is about 10% faster with it.
-  """
-  scale = q.shape[-1]**-0.5
-  q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, L, K]
-  s = jnp.einsum('bhlk,bhmk->bhlm', q * scale, k, preferred_element_type=jnp.float32)
-  # The subtracted maximum cancels in the ratio, so no gradient flows through it.
-  e = jnp.exp(s - jax.lax.stop_gradient(s.max(axis=-1, keepdims=True)))
-  y = jnp.einsum('bhlm,bhmk->bhlk', e.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  y = y / e.sum(axis=-1, keepdims=True)
-  return y.astype(v.dtype).transpose(0, 2, 1, 3)
-
-
-def modulate(x, shift, scale):
-  """adaLN: x·(1 + scale) + shift, with shift/scale [B, D] broadcast over L."""
-  return x * (1.0 + scale[:, None]) + shift[:, None]
+def _rms_norm(dtype, name, axis='embed'):
+  """RMSNorm with a learned scale, ε = 1e-5 (over the last axis, logical name `axis`)."""
+  return nn.RMSNorm(
+      epsilon=NORM_EPS, dtype=dtype, param_dtype=jnp.float32, use_scale=True,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)), name=name)
 
 
 class Canon(nn.Module):
@@ -228,87 +285,139 @@ class Canon(nn.Module):
     return h + sum(w[j] * padded[:, j:j + l] for j in range(self.width))
 
 
-class Block(nn.Module):
-  """Pre-norm block: x + g₁·Attn(adaLN(x)), then + g₂·MLP(adaLN(x)), with Canon layers
-  (`CANON_POSITIONS`) where `canon_positions` asks for them."""
+class Attention(nn.Module):
+  """Multi-head self-attention with rotary positions: wo(attn(wq·x, wk·x, wv·x))."""
   num_heads: int
-  feature_dim: int
-  mlp_type: str
-  cond_type: str
   dropout_rate: float
-  out_std: float
   dtype: jnp.dtype
+  matmul_dtype: jnp.dtype
   attention_impl: str
-  matmul_dtype: jnp.dtype | None = None  # of the products' operands (None: dtype)
-  canon_width: int = 0  # 0: no Canon layers
-  canon_positions: tuple[str, ...] = ()
-  mlp_dim: int = 0  # F, the MLP's gate and up width (0: 8D/3 rounded up to MLP_MULTIPLE)
+  causal: bool = False
   qk_norm: bool = False  # RMSNorm on each head's queries and keys (before rotary)
-
-  def canon(self, position, h):
-    """h through a Canon layer if one sits at `position` (a CANON_POSITIONS key)."""
-    if self.canon_width and position in self.canon_positions:
-      shape = h.shape
-      h = Canon(self.canon_width, name=f'canon_{position}')(h.reshape(shape[:2] + (-1,)))
-      return h.reshape(shape)
-    return h
+  canon_width: int = 0  # > 0: a Canon layer on q, k and v
 
   @nn.compact
-  def __call__(self, x, cond, train):  # x [B, L, D], cond [B, C] or None
+  def __call__(self, x, train):  # x [B, L, D]
     b, l, d = x.shape
-    project = functools.partial(Projection, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
-    dense = functools.partial(_dense, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
-    x = _constrain(x, ('batch', 'length', 'act_embed'))
-    h, k = self.num_heads, self.feature_dim
-    if cond is None:
-      shift1 = scale1 = shift2 = scale2 = jnp.zeros((b, d), x.dtype)
-      gate1 = gate2 = 1.0
-    else:
-      n_mod = 6 if self.cond_type == 'adaln_zero' else 4
-      mods = dense(n_mod * d, ('cond', 'embed'), zero=True, name='adaln')(
-          nn.silu(cond))
-      mods = jnp.split(mods, n_mod, axis=-1)
-      shift1, scale1, shift2, scale2 = mods[:4]
-      gate1, gate2 = ((mods[4][:, None], mods[5][:, None])
-                      if n_mod == 6 else (1.0, 1.0))
-
-    # Attention.
-    y = modulate(_rms_norm('attn_norm', self.dtype)(x), shift1, scale1)
-    y = self.canon('attn_in', y)
-    qkv = project((3, h, k), ('embed', None, 'heads', None), name='qkv')(y)
-    qkv = self.canon('qkv', qkv)
-    qkv = _constrain(qkv, ('batch', 'length', None, 'act_heads', None))  # [B, L, 3, H, K]
-    # jnp.split, not indexing: its gradient is one concatenation, not three padded copies.
-    q, kk, v = (a.squeeze(2) for a in jnp.split(qkv, 3, axis=2))  # [B, L, H, K]
+    h = self.num_heads
+    k = d // h
+    w = lambda name, axes: _kernel(self, name, lecun_normal, (d, d), axes)
+    wq, wk, wv = (w(n, ('embed', 'heads')) for n in ('wq', 'wk', 'wv'))
+    q, kk, v = project(x, [wq, wk, wv], self.dtype, self.matmul_dtype)  # [B, L, D] each
+    if self.canon_width:
+      q, kk, v = jnp.split(Canon(self.canon_width, name='canon_qkv')(
+          jnp.concatenate([q, kk, v], axis=-1)), 3, axis=-1)
+    q, kk, v = (_constrain(a.reshape(b, l, h, k), ('batch', 'length', 'act_heads', None))
+                for a in (q, kk, v))  # [B, L, H, K]
     if self.qk_norm:  # QK-norm: scores q̂·k̂ᵀ/√K bounded by the norms' learned scales
-      q = _rms_norm('q_norm', self.dtype, axis=None)(q)
-      kk = _rms_norm('k_norm', self.dtype, axis=None)(kk)
+      q = _rms_norm(self.dtype, 'q_norm', axis=None)(q)
+      kk = _rms_norm(self.dtype, 'k_norm', axis=None)(kk)
     positions = np.arange(l, dtype=np.float32)
     q, kk = rotary(q, positions).astype(v.dtype), rotary(kk, positions).astype(v.dtype)
     impl = self.attention_impl
+    dropout = self.dropout_rate if train else 0.0
     if impl == 'auto':
       impl = {'gpu': 'cudnn' if self.dtype == jnp.bfloat16 else 'xla',
               'cpu': 'einsum'}.get(jax.default_backend(), 'xla')
-    if impl == 'einsum':
-      y = einsum_attention(q, kk, v)
-    else:  # bidirectional: no mask
-      y = jax.nn.dot_product_attention(q, kk, v, implementation=impl)
-    y = dense(d, ('heads', 'embed'), std=self.out_std, name='attn_out')(
-        y.reshape(b, l, h * k))
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    if impl == 'einsum' or dropout > 0.0:
+      y = einsum_attention(q, kk, v, self.causal, dropout,
+                           self.make_rng('dropout') if dropout > 0.0 else None)
+    else:
+      y = jax.nn.dot_product_attention(q, kk, v, is_causal=self.causal, implementation=impl)
+    wo = _kernel(self, 'wo', lecun_normal, (d, d), ('heads', 'embed'))
+    y, = project(y.reshape(b, l, d), [wo], self.dtype, self.matmul_dtype)
+    return channel_dropout(self, y, self.dropout_rate, train)
+
+
+class FeedForward(nn.Module):
+  """The gated MLP act(x·W1)·(x·W3)·W2, each weight of variance init_scale/fan_in."""
+  hidden_dim: int  # F
+  mlp_type: str
+  init_scale: float  # 2/n_layers with depth_scaled_init, else 1
+  dropout_rate: float
+  dtype: jnp.dtype
+  matmul_dtype: jnp.dtype
+  canon_width: int = 0  # > 0: a Canon layer on the W1 and W3 units
+
+  @nn.compact
+  def __call__(self, x, train):  # x [B, L, D]
+    d, f = x.shape[-1], self.hidden_dim
+    init = nn.initializers.variance_scaling(self.init_scale, 'fan_in', 'truncated_normal')
+    w1 = _kernel(self, 'w1', init, (d, f), ('embed', 'mlp'))
+    w3 = _kernel(self, 'w3', init, (d, f), ('embed', 'mlp'))
+    gate, up = project(x, [w1, w3], self.dtype, self.matmul_dtype)  # [B, L, F] each
+    if self.canon_width:
+      gate, up = jnp.split(Canon(self.canon_width, name='canon_mlp_hidden')(
+          jnp.concatenate([gate, up], axis=-1)), 2, axis=-1)
+    y = MLP_ACTIVATIONS[self.mlp_type](gate) * up
+    y = _constrain(y, ('batch', 'length', 'act_mlp'))
+    w2 = _kernel(self, 'w2', init, (f, d), ('mlp', 'embed'))
+    y, = project(y, [w2], self.dtype, self.matmul_dtype)
+    return channel_dropout(self, y, self.dropout_rate, train)
+
+
+def adaln(cond, n, d, mlp_type, cond_type, dtype, matmul_dtype, name):
+  """n modulation vectors [B, D] from the time embedding: Dense(act(c)), with `act` the MLP's
+  activation as in the original; adaLN-zero starts the Dense at zero."""
+  zero = cond_type == 'adaln_zero'
+  init = nn.initializers.zeros if zero else lecun_normal
+  mods = Dense(n * d, ('cond', 'embed'), dtype, matmul_dtype, kernel_init=init,
+               name=name)(MLP_ACTIVATIONS[mlp_type](cond))
+  return jnp.split(mods, n, axis=-1)
+
+
+class Block(nn.Module):
+  """x + g₁·Attn(adaLN(x)), then + g₂·MLP(adaLN(x)), with Canon layers where
+  `canon_positions` asks for them (`CANON_POSITIONS`)."""
+  num_heads: int
+  mlp_type: str
+  mlp_dim: int  # F
+  cond_type: str
+  dropout_rate: float
+  ffn_init_scale: float
+  dtype: jnp.dtype
+  matmul_dtype: jnp.dtype
+  attention_impl: str
+  causal: bool = False
+  canon_width: int = 0  # 0: no Canon layers
+  canon_positions: tuple[str, ...] = ()
+  qk_norm: bool = False
+
+  def has_canon(self, position):
+    """The width of the Canon layer at `position` (a CANON_POSITIONS key), 0 if none."""
+    return self.canon_width if position in self.canon_positions else 0
+
+  def canon(self, position, h):
+    """h through the Canon layer at `position`, if one sits there."""
+    width = self.has_canon(position)
+    return Canon(width, name=f'canon_{position}')(h) if width else h
+
+  @nn.compact
+  def __call__(self, x, cond, train):  # x [B, L, D], cond [B, K] or None
+    d = x.shape[-1]
+    x = _constrain(x, ('batch', 'length', 'act_embed'))
+    if cond is None:  # the original's unconditioned block: RMSNorms, no gates
+      norm1, norm2 = (_rms_norm(self.dtype, n) for n in ('attention_norm', 'ffn_norm'))
+      zeros = jnp.zeros((x.shape[0], d), x.dtype)
+      shift1 = scale1 = shift2 = scale2 = zeros
+      gate1 = gate2 = 1.0
+    else:
+      norm1, norm2 = (_layer_norm(self.dtype, n) for n in ('attention_norm', 'ffn_norm'))
+      shift1, scale1, gate1, shift2, scale2, gate2 = adaln(
+          cond, 6, d, self.mlp_type, self.cond_type, self.dtype, self.matmul_dtype,
+          'adaln')
+      gate1, gate2 = gate1[:, None], gate2[:, None]
+
+    y = self.canon('attn_in', modulate(norm1(x), shift1, scale1))
+    y = Attention(self.num_heads, self.dropout_rate, self.dtype, self.matmul_dtype,
+                  self.attention_impl, self.causal, self.qk_norm, self.has_canon('qkv'),
+                  name='attention')(y, train)
     x = x + gate1 * y
 
-    # Gated MLP.
-    f = self.mlp_dim or MLP_MULTIPLE * math.ceil(8 * d / 3 / MLP_MULTIPLE)
-    y = modulate(_rms_norm('mlp_norm', self.dtype)(x), shift2, scale2)
-    y = self.canon('mlp_in', y)
-    y = project((2, f), ('embed', None, 'mlp'), name='mlp_in')(y)
-    y = self.canon('mlp_hidden', y)
-    y = _constrain(y, ('batch', 'length', None, 'act_mlp'))  # [B, L, 2, F]
-    gate, up = (a.squeeze(2) for a in jnp.split(y, 2, axis=2))  # [B, L, F]
-    y = MLP_ACTIVATIONS[self.mlp_type](gate) * up  # [B, L, F]
-    y = dense(d, ('mlp', 'embed'), std=self.out_std, name='mlp_out')(y)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = self.canon('mlp_in', modulate(norm2(x), shift2, scale2))
+    y = FeedForward(self.mlp_dim, self.mlp_type, self.ffn_init_scale, self.dropout_rate,
+                    self.dtype, self.matmul_dtype, self.has_canon('mlp_hidden'),
+                    name='feed_forward')(y, train)
     return x + gate2 * y
 
 
@@ -321,17 +430,22 @@ class ScannedBlock(Block):
 
 
 class Transformer(nn.Module):
-  """Bidirectional transformer mapping (z_t, t) to logits of x over V classes."""
+  """Bidirectional (or, with `causal`, left-to-right) transformer mapping (z_t, t) to
+  logits of x over V classes."""
   vocab_size: int  # V; inputs also take the mask id V
   n_layers: int = 12
   num_heads: int = 12
-  feature_dim: int = 64  # per-head width K; model width D = num_heads·K
-  mlp_type: str = 'glu'  # see MLP_ACTIVATIONS
+  feature_dim: int = 64  # per-head width K; model width D = num_heads·K; time embedding K
+  mlp_type: str = 'glu'  # see MLP_ACTIVATIONS; also the activation before adaLN
+  mlp_dim: int = 0  # F; 0: ⌊8D/3⌋ rounded up to a multiple of 32 (`mlp_width`)
   cond_type: str = 'adaln_zero'  # 'adaln' | 'adaln_zero'
   time_features: str = 't'  # 't' (condition on t) | 'none'
   dropout_rate: float = 0.0
-  depth_scaled_init: bool = True  # residual output layers std 0.02/√(2·n_layers)
-  cond_dim: int = 128  # width C of the time embedding that drives adaLN
+  depth_scaled_init: bool = True  # FFN weights of variance 2/(n_layers·fan_in)
+  # Input embedding: 0 embeds ids in D directly (with dropout); E > 0 embeds them in E and
+  # projects to D with a Dense layer (the original's `outside_embed`, E = feature_dim).
+  embed_dim: int = 0
+  causal: bool = False  # attend to earlier positions only (the autoregressive baseline)
   dtype: str = 'float32'  # compute dtype (see DTYPES); parameters and logits stay float32
   # Operands of the dense layers' products ('': dtype), accumulated in float32. 'bfloat16'
   # with dtype 'float32' suits CPUs with bfloat16 matrix units (AMX): only the products
@@ -344,8 +458,6 @@ class Transformer(nn.Module):
   # positions (0: none; odd), at the CANON_POSITIONS named in `canon_positions`.
   canon_width: int = 0
   canon_positions: tuple[str, ...] = ('mlp_in',)
-  # Width F of the gated MLP's hidden layer (0: LLaMA's 8D/3, rounded up to MLP_MULTIPLE).
-  mlp_dim: int = 0
   # QK-norm (Dehghani et al., 2023, "Scaling Vision Transformers to 22 Billion Parameters",
   # with RMSNorm as in OLMo 2): each head's queries and keys RMS-normalised over K, with a
   # learned scale of K shared by the heads, before the rotary embedding.
@@ -355,6 +467,12 @@ class Transformer(nn.Module):
     if self.mlp_dim < 0:
       raise ValueError(f'mlp_dim must be >= 0 (0: 8D/3 rounded up to {MLP_MULTIPLE}), got'
                        f' {self.mlp_dim}')
+    if self.embed_dim < 0:
+      raise ValueError(f'embed_dim must be >= 0 (0: embed in the model width), got'
+                       f' {self.embed_dim}')
+    if self.feature_dim < 4 or self.feature_dim % 2:
+      raise ValueError(f'feature_dim must be even and >= 4 (rotary pairs, time'
+                       f' sinusoids), got {self.feature_dim}')
     if self.canon_width < 0 or (self.canon_width and self.canon_width % 2 == 0):
       raise ValueError(f'canon_width must be 0 (no Canon layers) or odd, got'
                        f' {self.canon_width}')
@@ -364,8 +482,7 @@ class Transformer(nn.Module):
                        f' {list(CANON_POSITIONS)}')
     for value, allowed, key in ((self.mlp_type, MLP_ACTIVATIONS, 'mlp_type'),
                                 (self.cond_type, COND_TYPES, 'cond_type'),
-                                (self.time_features, TIME_FEATURES,
-                                 'time_features'),
+                                (self.time_features, TIME_FEATURES, 'time_features'),
                                 (self.dtype, DTYPES, 'dtype'),
                                 (self.matmul_dtype, ('',) + tuple(DTYPES), 'matmul_dtype'),
                                 (self.remat_policy, REMAT_POLICIES, 'remat_policy'),
@@ -375,32 +492,39 @@ class Transformer(nn.Module):
             f'unknown {key} {value!r}; choose from {sorted(allowed)}')
     super().__post_init__()
 
+  def time_embedding(self, t, dtype, matmul_dtype):
+    """The original's time embedding: Dense(swish(Dense(sinusoids(1000·t)))), [B] -> [B, K],
+    through a hidden layer of 4K."""
+    k = self.feature_dim
+    dense = functools.partial(Dense, dtype=dtype, matmul_dtype=matmul_dtype)
+    c = timestep_embedding(1000.0 * t, k)  # [B, K]
+    c = nn.swish(dense(4 * k, (None, 'cond'), name='time_mlp_in')(c))
+    return dense(k, ('cond', None), name='time_mlp_out')(c)
+
   @nn.compact
   def __call__(self, z, t, train=False):  # z [B, L] int, t [B] -> [B, L, V]
     d = self.num_heads * self.feature_dim
     dtype = DTYPES[self.dtype]
     matmul_dtype = DTYPES[self.matmul_dtype or self.dtype]
-    dense = functools.partial(_dense, dtype=dtype, matmul_dtype=matmul_dtype)
-    x = nn.Embed(
-        self.vocab_size + 1,
-        d,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), ('vocab', 'embed')),
-        name='embed')(z)  # [B, L, D]
+    embed_init = nn.with_logical_partitioning(nn.linear.default_embed_init,
+                                              ('vocab', 'embed'))
+    if self.embed_dim:  # narrow embedding, then a Dense (with bias) to D
+      x = nn.Embed(self.vocab_size + 1, self.embed_dim, dtype=dtype,
+                   param_dtype=jnp.float32, embedding_init=embed_init, name='embed')(z)
+      x = Dense(d, (None, 'embed'), dtype, matmul_dtype, name='embed_proj')(x)
+    else:
+      x = nn.Embed(self.vocab_size + 1, d, dtype=dtype, param_dtype=jnp.float32,
+                   embedding_init=embed_init, name='embed')(z)  # [B, L, D]
+      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
     cond = None
     if self.time_features == 't':
-      cond = sinusoidal_embedding(t, self.cond_dim)  # [B, C]
-      cond = dense(self.cond_dim, (None, 'cond'), name='time_mlp_in')(cond)
-      cond = dense(self.cond_dim, (None, 'cond'), name='time_mlp_out')(nn.silu(cond))
+      cond = self.time_embedding(t, dtype, matmul_dtype)  # [B, K]
 
-    out_std = 0.02 / math.sqrt(2 * self.n_layers) if self.depth_scaled_init else 0.02
-    block_args = (self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
-                  self.dropout_rate, out_std, dtype, self.attention_impl, matmul_dtype,
-                  self.canon_width, tuple(self.canon_positions), self.mlp_dim,
-                  self.qk_norm)
+    block_args = (self.num_heads, self.mlp_type, mlp_width(d, self.mlp_dim), self.cond_type,
+                  self.dropout_rate, 2.0 / self.n_layers if self.depth_scaled_init else 1.0,
+                  dtype, matmul_dtype, self.attention_impl, self.causal, self.canon_width,
+                  tuple(self.canon_positions), self.qk_norm)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
@@ -418,11 +542,14 @@ class Transformer(nn.Module):
       for i in range(self.n_layers):
         x = block(*block_args, name=f'block_{i}')(x, cond, train)
 
-    x = _rms_norm('final_norm', dtype)(x)
-    if cond is not None:
-      shift, scale = jnp.split(
-          dense(2 * d, ('cond', 'embed'), zero=True, name='final_adaln')(
-              nn.silu(cond)), 2, axis=-1)
-      x = modulate(x, shift, scale)
-    logits = Logits(self.vocab_size, matmul_dtype, name='logits')(x)  # [B, L, V] float32
-    return _constrain(logits, ('batch', 'length', 'act_vocab'))
+    if cond is None:
+      x = _rms_norm(dtype, 'final_norm')(x)
+    else:
+      shift, scale = adaln(cond, 2, d, self.mlp_type, self.cond_type, dtype, matmul_dtype,
+                           'final_adaln')
+      x = modulate(_layer_norm(dtype, 'final_norm')(x), shift, scale)
+    kernel = _kernel(self, 'logits', nn.initializers.zeros, (d, self.vocab_size),
+                     ('embed', 'vocab'))
+    logits = float32_matmul(x.reshape(-1, d).astype(matmul_dtype),
+                            kernel.astype(matmul_dtype)).reshape(x.shape[:-1] + (-1,))
+    return _constrain(logits, ('batch', 'length', 'act_vocab'))  # [B, L, V] float32

@@ -118,7 +118,7 @@ class UNet(nn.Module):
   def conditioning(self, t, label, train):
     """Time embedding (sinusoids of 1000·t, MLP) plus the label's embedding: [B, 4·D]."""
     c = 4 * self.feature_dim
-    cond = transformer.sinusoidal_embedding(t, self.feature_dim)  # [B, D]
+    cond = transformer.timestep_embedding(1000.0 * t, self.feature_dim)  # [B, D]
     cond = dense(c, (None, 'cond'), name='time_mlp_in')(cond)
     cond = dense(c, (None, 'cond'), name='time_mlp_out')(nn.silu(cond))
     if self.num_classes == 0:

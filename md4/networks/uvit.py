@@ -38,10 +38,9 @@ class UViT(unet.UNet):
     x = x + self.param(
         'dit_pos', nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                 (None, 'mlp')), (height * width, m))
-    out_std = 0.02 / (2 * self.n_dit_layers)**0.5  # depth-scaled, as in the transformer
     for i in range(self.n_dit_layers):
-      x = transformer.Block(self.dit_num_heads, m // self.dit_num_heads, 'geglu',
-                            'adaln_zero', self.dropout_rate, out_std, jnp.float32, 'auto',
-                            name=f'dit_{i}')(x, cond, train)
+      x = transformer.Block(self.dit_num_heads, 'geglu', transformer.mlp_width(m),
+                            'adaln_zero', self.dropout_rate, 2.0 / self.n_dit_layers,
+                            jnp.float32, jnp.float32, 'auto', name=f'dit_{i}')(x, cond, train)
     x = unet.dense(d, ('mlp', 'embed'), zero=True, name='dit_out')(x)
     return h + x.reshape(b, height, width, d)

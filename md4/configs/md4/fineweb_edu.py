@@ -3,11 +3,10 @@
 Prepare:  python prepare_openwebtext_data.py --dataset=fineweb_edu --data_dir=~/md4_data
           python prepare_openwebtext_data.py --data_dir=~/md4_data   (the eval split)
 Run:      python md4/main.py --config=md4/configs/md4/fineweb_edu.py --workdir=expt/fwe
-Model and recipe: MD4-S (md4/configs/md4/openwebtext.py); only the training data differ.
-FineWeb-Edu's sample-10BT has about 10B GPT-2 tokens, so 1M steps of 512 x 1024 see it
-about 50 times.
+Model and recipe: MD4-S (md4/configs/md4/openwebtext.py), as the original's FineWeb-Edu
+config; only the training data differ.
 Hardware: as MD4-S. Expected: the paper reports no FineWeb-Edu number; compare valid_loss
-with MD4-S's (perplexity 2^valid_loss; MD4-S reaches <= 22.13). Not run here.
+with MD4-S's (perplexity 2^valid_loss; MD4-S reaches <= 22.13). Not run at scale here.
 """
 
 from md4.configs.md4 import openwebtext
