@@ -18,6 +18,7 @@ def get_config():
   config = base.get_config()
   config.data.dataset = 'text8'
   config.data.data_shape = (256,)
+  config.data.train_window_stride = 1
 
   config.model.noise_schedule = 'linear'
   config.model.cont_time = True
