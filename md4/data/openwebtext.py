@@ -4,7 +4,8 @@
 
   train.npy, valid.npy  uint16 [N, seq_len] rows of GPT-2 ids
   metadata.json         written last: the source, the tokenizer, the document handling,
-                        the held-out split (`held_out`) and each split's token and row counts
+                        the held-out split (`held_out`), and each split's rows, tokens in
+                        them and tokens dropped (a tail that fills no row)
   shards/               each shard's documents as tokens; an interrupted run skips the
                         shards already here (safe to delete once metadata.json exists)
 
@@ -232,7 +233,8 @@ def _blocks(out_dir: Path, num_shards: int, sizes: Iterable[int]) -> Iterator[np
 
 
 def _write_splits(out_dir: Path, seq_len: int, rows: dict[str, int], fill) -> dict:
-  """Writes {split}.npy of `rows[split]` rows, by `fill({split: writer})`; returns counts."""
+  """Writes {split}.npy of `rows[split]` rows, by `fill({split: writer})`; returns each
+  split's rows and tokens in them."""
   for split, n in rows.items():
     if n == 0:
       raise ValueError(f'the {split} split would have no rows of {seq_len} tokens; use more'
