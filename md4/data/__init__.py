@@ -195,10 +195,10 @@ def check_eval_splits(splits, global_batch_size, process_count=1):
   """
   for split, arr in splits.items():
     if split != 'train' and _len(arr) < global_batch_size:
+      multiple = f', a multiple of the {process_count} processes' if process_count > 1 else ''
       raise ValueError(f'the {split!r} split has {_len(arr)} examples, fewer than the eval'
                        f' batch size {global_batch_size}, so it cannot be evaluated; set'
-                       f' --config.eval_batch_size to at most {_len(arr)} (a multiple of'
-                       f' {process_count}, the process count)')
+                       f' --config.eval_batch_size to at most {_len(arr)}{multiple}')
 
 
 def eval_batches(arr, global_batch_size, process_index=0,

@@ -139,10 +139,10 @@ def text8(data_dir: str, seq_len: int, train_stride: int = 0):
 
   As the original release's pipeline (its input_pipeline.py, `create_datasets`, text8
   branch): characters [0, 90M) train, [90M, 95M) valid, [95M, 100M) test. With
-  train_stride 1 (its `ChunkDataSource(..., overlapping=True)`), training examples are
-  the 89,999,745 windows starting at every offset, shuffled; the eval splits are the
-  19,531 non-overlapping windows from the start of each (its `overlapping=False`), the
-  last 64 characters dropped.
+  train_stride 1 (its `ChunkDataSource(..., overlapping=True)`), the training examples
+  are the windows at every offset, shuffled (at length 256: 89,999,745 of them); the eval
+  splits are the non-overlapping windows from the start of each (its
+  `overlapping=False`; at length 256: 19,531 each, the last 64 characters dropped).
   """
   path = text8_path(data_dir)
   try:
