@@ -429,6 +429,7 @@ def _train_and_evaluate(config, workdir, mesh, rules):
   start_time = time.time()
   validate_config(config, batch_shards(mesh))
   info, splits = data.load_dataset(config.data)
+  data.check_eval_splits(splits, config.eval_batch_size, jax.process_count())
   model = build_model(config, info)
   optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
   lr_fn = optim.learning_rate_schedule(config.opt, config.num_train_steps)

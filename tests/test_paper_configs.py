@@ -103,7 +103,9 @@ def test_paper_configs_take_the_originals_recipe_and_leave_the_extras_off(name):
             model.train_time_power) == (recipe['schedule'], True, 'time', 1.0)
   else:
     assert (config.model.power_init, config.model.t1) == (1.0, 1e-3)
-  assert net.embed_dim == (64 if config.data.dataset == 'text8' else 0)
+  text8 = config.data.dataset == 'text8'
+  assert net.embed_dim == (64 if text8 else 0)
+  assert config.data.train_window_stride == (1 if text8 else 0)  # windows at every offset
 
 
 # ------------------------------------------------------------- the network's function

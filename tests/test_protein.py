@@ -36,11 +36,9 @@ def pyhmmer_folder(root):
 def test_vocabulary_and_round_trip():
   assert protein.VOCAB_SIZE == 26 and protein.PAD_ID == 25
   assert set(protein.VOCAB) == set('ACDEFGHIKLMNPQRSTVWYXBZUO')
-  ids, offsets = protein.encode(['MKVXBZUO', 'ACD'], 'test')
-  assert offsets.tolist() == [0, 8, 11]
+  ids, lengths = protein.encode([('>a', 'MKVXBZUO'), ('>b', 'ACD')], 'test')
+  assert lengths.tolist() == [8, 3]
   assert protein.decode(np.append(ids, [protein.PAD_ID] * 3)) == 'MKVXBZUOACD'
-  with pytest.raises(ValueError, match="^test: character 'J'"):
-    protein.encode(['MKJ'], 'test')
 
 
 def test_fasta_gzip_and_line_files_read_the_same(tmp_path):
@@ -50,9 +48,38 @@ def test_fasta_gzip_and_line_files_read_the_same(tmp_path):
   (tmp_path / 'c.txt').write_text('MKVLLA\n\nACD\n')
   for name in ('a.fasta', 'b.fa.gz', 'c.txt'):
     assert protein.read_sequences(tmp_path / name) == ['MKVLLA', 'ACD'], name
+  assert protein.read_records(tmp_path / 'a.fasta') == [('>one desc', 'MKVLLA'),
+                                                        ('>two', 'ACD')]
+  assert protein.read_records(tmp_path / 'c.txt') == [('line 1', 'MKVLLA'), ('line 3', 'ACD')]
   (tmp_path / 'd.faa').write_text('MKV\n>x\nA\n')
   with pytest.raises(ValueError, match='not FASTA'):
     protein.read_sequences(tmp_path / 'd.faa')
+
+
+@pytest.mark.parametrize('name, content, where', [
+    ('train.fasta', '>sp|P1 first\nMKVL\n>sp|P2 second\nMKV\nLJA\n', r'record 2 \(>sp\|P2'
+     r" second\): 'J' at residue 5"),
+    ('train.txt', 'MKV\n\nAC-D\n', r"record 2 \(line 3\): '-' at residue 3"),
+])
+def test_letters_outside_the_alphabet_are_named_with_file_record_and_position(
+    tmp_path, name, content, where):
+  (tmp_path / 'protein').mkdir()
+  (tmp_path / 'protein' / name).write_text(content)
+  with pytest.raises(ValueError, match=where + '.*not one of the letters ACDE') as e:
+    data.load_dataset(make_config(tmp_path, 8))
+  assert str(e.value).startswith(str(tmp_path / 'protein' / name) + ', record 2')
+
+
+def test_empty_split_files_and_too_few_sequences(tmp_path):
+  folder = tmp_path / 'protein'
+  folder.mkdir()
+  (folder / 'train.fasta').write_text('>a\nMKV\n')
+  (folder / 'valid.fasta').write_text('>empty\n\n')
+  with pytest.raises(ValueError, match=r"protein valid files \['.*valid.fasta'\] hold no"):
+    data.load_dataset(make_config(tmp_path, 8))
+  (folder / 'valid.fasta').unlink()
+  with pytest.raises(ValueError, match='holds 1 sequences, too few to hold out every 20th'):
+    data.load_dataset(make_config(tmp_path, 8))
 
 
 def test_pyhmmer_splits_hold_out_every_20th_sequence(tmp_path):
@@ -64,7 +91,9 @@ def test_pyhmmer_splits_hold_out_every_20th_sequence(tmp_path):
   assert len(all_seqs) == 2122
   train = splits['train']
   assert isinstance(train, ragged.Ragged) and len(train) == 2122 - 2122 // 20
-  assert protein.decode(train.tokens[train.offsets[0]:train.offsets[1]]) == all_seqs[0]
+  kept = [s for i, s in enumerate(all_seqs) if (i + 1) % 20]
+  assert train.lengths.tolist() == [len(s) for s in kept]
+  assert protein.decode(train.tokens) == ''.join(kept)
   # Every held-out residue appears exactly once across the eval windows, in order.
   valid = splits['valid']
   assert valid.shape[1] == 128 and valid.dtype == np.int32
@@ -90,8 +119,8 @@ def test_valid_files_are_the_eval_split(tmp_path):
 
 def test_crops_are_random_windows_and_a_pure_function_of_seed_and_step():
   seqs = ['ACDEFGHIKL', 'MNP']
-  tokens, offsets = protein.encode(seqs, 'test')
-  split = ragged.Ragged(tokens, offsets, 4, protein.PAD_ID)
+  tokens, lengths = protein.encode([('', s) for s in seqs], 'test')
+  split = ragged.Ragged(tokens, np.concatenate([[0], np.cumsum(lengths)]), 4, protein.PAD_ID)
   seen = set()
   for step in range(200):
     batch = data.train_batch(split, step, 2, seed=0)

@@ -20,9 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
   # class-conditional and samples are drawn one grid row per class.
   config.data.class_conditional = False
   # Number of token ids; None takes it from the dataset. Required by 'array'. A larger
-  # value than the dataset's gives the model ids that never occur in the data (the
-  # original's GenMD4 OpenWebText config has 50,259 for GPT-2's 50,257 tokens).
+  # value gives the model ids the data never holds (the original's GenMD4 OpenWebText
+  # config has 50,259 for GPT-2's 50,257).
   config.data.vocab_size = config_dict.placeholder(int)
+  # Token streams (shakespeare, text8, array): a training window starts every this many
+  # tokens, and each epoch visits all of them in a new order; 1: every offset (text8's
+  # paper recipe); 0: non-overlapping chunks. Eval splits always use non-overlapping chunks.
+  config.data.train_window_stride = 0
 
   config.model = ml_collections.ConfigDict()  # keyword arguments of the model class
   config.model.noise_schedule = 'linear'  # 'linear', 'cosine' or 'polyK' (e.g. poly3)

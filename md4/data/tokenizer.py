@@ -86,16 +86,20 @@ def gpt2() -> tokenizers.Tokenizer:
   return tok
 
 
-def encode_documents(texts: list[str]) -> np.ndarray:
-  """Each document's GPT-2 ids followed by <|endoftext|>, concatenated: [T] uint16."""
+def encode_documents(texts: list[str], max_tokens: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Each document's GPT-2 ids, the first `max_tokens` (0: all), then <|endoftext|>.
+
+  Returns the documents' ids concatenated [T] uint16 and each one's length with its
+  <|endoftext|> [D] int64.
+  """
   encodings = gpt2().encode_batch_fast(texts, add_special_tokens=False)
-  lengths = [len(e.ids) + 1 for e in encodings]
-  out = np.empty(sum(lengths), np.uint16)
-  ends = np.cumsum(lengths)
-  for e, end in zip(encodings, ends):
-    out[end - len(e.ids) - 1 : end - 1] = e.ids
+  ids = [e.ids[:max_tokens] if max_tokens else e.ids for e in encodings]
+  lengths = np.array([len(i) + 1 for i in ids], np.int64)
+  out = np.empty(lengths.sum(), np.uint16)
+  for doc, end in zip(ids, np.cumsum(lengths).tolist()):
+    out[end - len(doc) - 1 : end - 1] = doc
     out[end - 1] = EOT_ID
-  return out
+  return out, lengths
 
 
 def decode(ids) -> str:

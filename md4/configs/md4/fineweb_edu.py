@@ -2,6 +2,9 @@
 
 Prepare:  python prepare_openwebtext_data.py --dataset=fineweb_edu --data_dir=~/md4_data
           python prepare_openwebtext_data.py --data_dir=~/md4_data   (the eval split)
+The first streams all of FineWeb-Edu, as the original (about 1.3T tokens: bound it with
+--max_documents, or take the 10B-token sample with --hf_config=sample-10BT), each document
+cut to its first 1023 tokens before <|endoftext|>.
 Run:      python md4/main.py --config=md4/configs/md4/fineweb_edu.py --workdir=expt/fwe
 Model and recipe: MD4-S (md4/configs/md4/openwebtext.py), as the original's FineWeb-Edu
 config; only the training data differ.

@@ -1,6 +1,7 @@
 """MD4-S on OpenWebText: the original release's model and recipe.
 
-Prepare:  python prepare_openwebtext_data.py --data_dir=~/md4_data   (GPT-2 tokens, once)
+Prepare:  python prepare_openwebtext_data.py --data_dir=~/md4_data   (GPT-2 tokens, once;
+          holds out the original's split, 2% of the shuffled 1024-token rows)
 Run:      python md4/main.py --config=md4/configs/md4/openwebtext.py --workdir=expt/owt
 Model: the original's MD4-S, 165,857,344 parameters: 12 layers, 12 heads x 64, GLU,
 adaLN-zero, depth-scaled MLP init, dropout 0.02, linear schedule, continuous time, length
