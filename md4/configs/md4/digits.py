@@ -16,12 +16,10 @@ def get_config():
   config.data.dataset = 'digits'
   config.data.data_shape = (8, 8, 1)
 
-  config.network = base.unet_network()
-  config.network.feature_dim = 32
-  config.network.ch_mult = (1, 2)
-  config.network.num_res_blocks = 1
-  config.network.attn_resolutions = (4,)
-  config.network.embed_dim = 16
+  config.network = base.unet_network('unet')
+  config.network.feature_dim = 64
+  config.network.n_layers = 4
+  config.network.dropout_rate = 0.1
 
   config.opt.learning_rate = 2e-3
   config.opt.warmup_steps = 100
