@@ -24,8 +24,8 @@ from md4.networks import uvit
 import toys
 
 V, K = 17, 10
-SMALL_UNET = dict(feature_dim=32, n_layers=2, dropout_rate=0.1, num_classes=K)
-SMALL_UVIT = dict(SMALL_UNET, n_dit_layers=2, dit_hidden_size=32, dit_num_heads=2)
+SMALL_UNET = dict(feature_dim=16, n_layers=1, dropout_rate=0.1, num_classes=K)
+SMALL_UVIT = dict(SMALL_UNET, n_dit_layers=1, dit_hidden_size=16, dit_num_heads=2)
 NETS = {'unet': lambda **kw: unet.UNet(V, **{**SMALL_UNET, **kw}),
         'uvit': lambda **kw: uvit.UViT(V, **{**SMALL_UVIT, **kw})}
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'image_network_shapes.json')
@@ -117,15 +117,6 @@ def test_logits_shape_for_any_image_shape(name, shape):
   assert np.all(np.isfinite(logits))
 
 
-@pytest.mark.parametrize('name', sorted(NETS))
-def test_fresh_networks_predict_the_uniform_distribution(name):
-  """The last conv starts at zero, so training starts from uniform logits."""
-  net = NETS[name]()
-  z, t = _inputs()
-  variables = net.init({'params': jax.random.key(0)}, z, t)
-  np.testing.assert_array_equal(net.apply(variables, z, t), 0.0)
-
-
 # Conditioning.
 
 
@@ -187,10 +178,10 @@ def test_dit_puts_every_patch_back_in_its_place():
   net = dit.DiT(hidden_size=m, depth=0, num_heads=1, patch_size=p, dropout_rate=0.0)
   x = jax.random.normal(jax.random.key(0), (2, height, width, c))
   cond = jnp.zeros((2, 5))
-  params = nn.unbox(net.init(jax.random.key(1), x, cond, False)['params'])
+  shapes = jax.eval_shape(lambda: net.init(jax.random.key(1), x, cond, False))['params']
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape), nn.unbox(shapes))
   eye = jnp.eye(m)
   params['patch_embed']['kernel'] = eye.reshape(p, p, c, m)
-  params['pos_embed'] = jnp.zeros_like(params['pos_embed'])
   params['final_linear']['kernel'] = eye
   got = net.apply({'params': params}, x, cond, False)
   patches = np.asarray(x).reshape(2, height // p, p, width // p, p, c)
@@ -208,7 +199,7 @@ def test_dit_position_embedding_starts_as_2d_sinusoids():
     want = np.concatenate([np.sin(col * omega), np.cos(col * omega),
                            np.sin(r * omega), np.cos(r * omega)])
     np.testing.assert_allclose(pos[r * cols + col], want, rtol=1e-6, atol=1e-6)
-  net = dit.DiT(hidden_size=m, depth=1, num_heads=2, patch_size=2, dropout_rate=0.0)
+  net = dit.DiT(hidden_size=m, depth=0, num_heads=2, patch_size=2, dropout_rate=0.0)
   x = jnp.zeros((1, 2 * rows, 2 * cols, 3))
   params = net.init(jax.random.key(0), x, jnp.zeros((1, 4)), False)['params']
   np.testing.assert_array_equal(nn.unbox(params)['pos_embed'], pos)
@@ -228,14 +219,16 @@ def test_every_parameter_has_logical_axis_names(name):
 
 
 def test_errors():
+  init = lambda net, z, t, *label: jax.eval_shape(
+      lambda: net.init(jax.random.key(0), z, t, *label))
   z, t = _inputs(shape=(5, 6, 1))
   with pytest.raises(ValueError, match='cannot be cut into 2x2 patches'):
-    NETS['uvit']().init(jax.random.key(0), z, t)
+    init(NETS['uvit'](), z, t)
   with pytest.raises(ValueError, match='num_classes = 0'):
-    NETS['unet'](num_classes=0).init(jax.random.key(0), z, t, jnp.zeros(2, jnp.int32))
+    init(NETS['unet'](num_classes=0), z, t, jnp.zeros(2, jnp.int32))
   z, t = _inputs()
   with pytest.raises(ValueError, match='dit_num_heads'):
-    NETS['uvit'](dit_num_heads=3).init(jax.random.key(0), z, t)
+    init(NETS['uvit'](dit_num_heads=3), z, t)
   with pytest.raises(ValueError, match='label_dropout'):
     NETS['unet'](label_dropout=1.5)
   transformer_config = cifar10.get_config().network
