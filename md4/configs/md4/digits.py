@@ -11,7 +11,7 @@ Network: md4/configs/md4/cifar10.py's UNet with 32 channels instead of 128 and 4
 blocks down (5 up) instead of 32, 300,369 parameters; dropout 0.1 as there. For a run of
 1,500 steps: AdamW at a peak rate of 2e-3 after 100 warm-up steps, b2 0.999, no weight
 decay, and an EMA at 0.999.
-""""""
+"""
 
 from md4.configs import base
 
