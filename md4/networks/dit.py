@@ -6,13 +6,14 @@ sine-cosine sinusoids (MAE's, He et al. 2022). `depth` blocks with adaLN-zero co
 follow, then a conditioned LayerNorm and a zero-initialised linear map back to the p·p·C
 values of each patch, which are put back in place.
 
-Block (DiT's adaLN-zero, eq. in Sec. 3.2 of the paper): with (β₁, γ₁, α₁, β₂, γ₂, α₂) =
-W·swish(c) + b (zero-initialised, so every block starts as the identity),
+Block (DiT's adaLN-Zero block, Peebles & Xie 2023, Sec. 3.2): with
+(β₁, γ₁, α₁, β₂, γ₂, α₂) = W·swish(c) + b (zero-initialised: every block starts as the
+identity),
   x ← x + α₁·Attn(LN(x)·(1 + γ₁) + β₁),   x ← x + α₂·MLP(LN(x)·(1 + γ₂) + β₂),
 LN without a learned scale or bias, multi-head attention with biased q, k, v and an unbiased
-output, and a GELU MLP of width mlp_ratio·M. Dropout, at one rate: on the attention
-probabilities, on the attention output (one mask per example and feature, shared by the
-positions), after the GELU and after the MLP.
+output, and an MLP of width MLP_RATIO·M = 4M with GELU (tanh approximation). Dropout, at
+one rate: on the attention probabilities, on the attention output (one mask per example and
+feature, shared by the positions), after the GELU and after the MLP.
 
 Shapes: B batch, H×W feature map, C its channels, p patch side, T = HW/p² tokens,
 M hidden width, D_c conditioning width.
@@ -126,9 +127,8 @@ class DiT(nn.Module):
     x = x.reshape(b, rows * cols, m) + pos  # [B, T, M]
     for i in range(self.depth):
       x = DiTBlock(self.num_heads, self.dropout_rate, name=f'block_{i}')(x, cond, train)
-    shift, scale = jnp.split(
-        unet.dense(2 * m, ('cond', 'mlp'), zero=True, name='final_adaln')(nn.swish(cond))[:, None],
-        2, axis=-1)
+    mod = unet.dense(2 * m, ('cond', 'mlp'), zero=True, name='final_adaln')(nn.swish(cond))
+    shift, scale = jnp.split(mod[:, None], 2, axis=-1)
     x = modulate(layer_norm('final_norm')(x), shift, scale)
     x = unet.dense(p * p * c, ('embed', 'mlp'), zero=True, name='final_linear')(x)
     x = x.reshape(b, rows, cols, p, p, c).transpose(0, 1, 3, 2, 4, 5)  # [B, rows, p, cols, p, C]
