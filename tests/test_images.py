@@ -175,8 +175,7 @@ def test_sample_labels_give_one_row_per_class():
 
 
 def _conditional_model():
-  net = unet.UNet(5, feature_dim=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
-                  embed_dim=4, dropout_rate=0.0, num_classes=3)
+  net = unet.UNet(5, feature_dim=8, n_layers=1, dropout_rate=0.0, num_classes=3)
   model = MD4(network=net, vocab_size=5, data_shape=(4, 4, 1))
   return model, toys.random_params(model, jnp.zeros((2, 4, 4, 1), jnp.int32),
                                    label=jnp.zeros(2, jnp.int32))
@@ -234,9 +233,7 @@ def test_short_class_conditional_digits_run(tmp_path):
   config = digits_config.get_config()
   config.data.class_conditional = True
   config.network.feature_dim = 16
-  config.network.ch_mult = (1,)
-  config.network.embed_dim = 4
-  config.network.attn_resolutions = ()
+  config.network.n_layers = 1
   config.sampling.guidance_scale = 1.0
   config.sampling.timesteps = 4
   config.sampling.num_samples = 9

@@ -111,12 +111,15 @@ def test_mlp_width_rounds_as_the_original():
   assert transformer.mlp_width(768, mlp_dim=100) == 100
 
 
-def test_time_embedding_sinusoids():
-  """[sin(t·f), cos(t·f)] with f_i = 10000^(−i/(h − 1)), i < h = dim/2."""
+@pytest.mark.parametrize('dim', [8, 9])
+def test_time_embedding_sinusoids(dim):
+  """[sin(t·f), cos(t·f)] with f_i = 10000^(−i/(h − 1)), i < h = ⌊dim/2⌋; a zero column for
+  odd dim."""
   t = jnp.array([0.0, 3.0, 500.0])
-  got = np.asarray(transformer.timestep_embedding(t, 8))
+  got = np.asarray(transformer.timestep_embedding(t, dim))
   f = 10_000.0**(-np.arange(4) / 3)
-  want = np.concatenate([np.sin(np.outer(t, f)), np.cos(np.outer(t, f))], axis=1)
+  want = np.concatenate([np.sin(np.outer(t, f)), np.cos(np.outer(t, f)),
+                         np.zeros((3, dim % 2))], axis=1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -142,18 +142,15 @@ def get_config() -> ml_collections.ConfigDict:
 def unet_network(network_type='unet') -> ml_collections.ConfigDict:
   """config.network for the image backbones md4.networks.unet.UNet and uvit.UViT."""
   network = ml_collections.ConfigDict()
-  network.type = network_type  # 'unet' or 'uvit'
-  network.feature_dim = 128  # channels of the first (full-resolution) level
-  network.ch_mult = (1, 2, 2)  # channel multiplier per level; each further level halves H, W
-  network.num_res_blocks = 2  # residual blocks per level going down (one more going up)
-  network.attn_resolutions = (16,)  # image sides H at which blocks add self-attention
-  network.num_heads = 1  # heads of the UNet's own attention blocks
-  network.embed_dim = 32  # embedding width of one channel value
-  network.dropout_rate = 0.1
+  network.type = network_type  # 'unet' (the paper's CIFAR-10 network) or 'uvit' (ImageNet-64)
+  # Channels of every residual block, the embedding width of one channel value and the
+  # width of the time (and label) conditioning vector.
+  network.feature_dim = 128
+  network.n_layers = 32  # residual blocks at full resolution going down (one more going up)
+  network.dropout_rate = 0.1  # residual blocks (and the U-ViT's DiT)
   network.label_dropout = 0.1  # class-conditional training: label -> null class w.p. this
   if network_type == 'uvit':
-    network.attn_resolutions = ()
-    network.n_dit_layers = 12  # transformer blocks at the lowest resolution
+    network.n_dit_layers = 20  # DiT blocks on 2x2 patches between the two residual paths
     network.dit_hidden_size = 768  # their width
     network.dit_num_heads = 12
   return network

@@ -174,15 +174,17 @@ class Dense(nn.Module):
 
 
 def timestep_embedding(t, dim, max_period=10_000.0):
-  """Transformer sinusoids of t: [B] -> [B, dim], as the original's time embedding.
+  """Transformer sinusoids of t (DDPM's, Ho et al. 2020, in VDM's layout), [B] -> [B, dim]:
+  the original release's time embedding, also its image networks'.
 
-  With h = dim/2 frequencies f_i = max_period^(−i/(h − 1)), i = 0..h−1, the embedding is
-  [sin(t·f), cos(t·f)]; the network passes 1000·t.
+  With h = ⌊dim/2⌋ frequencies f_i = max_period^(−i/(h − 1)), i = 0..h−1, the embedding is
+  [sin(t·f), cos(t·f)], and a zero column for odd dim; the networks pass 1000·t.
   """
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / (half - 1))  # [h]
   args = t.astype(jnp.float32)[:, None] * freqs[None]  # [B, h]
-  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
 def rotary(x, positions):

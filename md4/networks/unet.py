@@ -1,21 +1,28 @@
-"""A UNet backbone for images (DDPM-style: Ho et al., 2020), time- and class-conditioned.
+"""The paper's CIFAR-10 network: VDM's UNet (Kingma et al., 2021), at one resolution.
 
-Each of the C channel values of a pixel is a token id in [0, V] (V is the mask id). The ids
-are embedded per channel and concatenated, [B, H, W, C·E], and a UNet maps them to logits
-[B, H, W, C, V]: residual blocks (GroupNorm, SiLU, 3×3 conv, dropout), self-attention at the
-chosen resolutions, `len(ch_mult) − 1` halvings on the way down and doublings on the way
-up, and skip connections between the two paths. The diffusion time t (sinusoidal embedding
-and an MLP) plus, for class-conditional data, a label embedding form the conditioning
-vector that scales and shifts the normalised features of every residual block. The label
-embedding has K + 1 rows: row K is the null class, used for unconditional predictions
-(label None) and, with probability `label_dropout` while training, in place of the true
-label, so that one network gives both terms of classifier-free guidance.
+Each of the C channel values of a pixel is a token id in [0, V] (V is the mask id),
+embedded in D dimensions; the C embeddings of a pixel are concatenated, [B, H, W, C·D], and
+a 3×3 conv maps them to D channels. `n_layers` residual blocks follow, all at full
+resolution with D channels (no downsampling), then the middle (residual block,
+self-attention over the H·W positions, residual block), then `n_layers + 1` residual blocks,
+each on the concatenation of the running features with the matching output of the way down
+(the first conv's included). A GroupNorm, swish and a zero-initialised 3×3 conv give the C·V
+logits of every pixel. With the CIFAR-10 config's D = 128 and 32 layers this has 28,427,520
+parameters, as the original release's network (tests/test_image_networks.py checks every
+shape against it).
 
-Parameters carry logical axis names like the transformer's ('vocab', 'embed', 'mlp',
-'cond'; None for the spatial kernel dimensions) so a mesh can shard them by rules.
+Conditioning (`Conditioning`, shared with md4/networks/uvit.py): c = W₂·swish(W₁·e + b₁) + b₂,
+c [B, D], where e is the sinusoidal embedding of 1000·t, concatenated for class-conditional
+data with a D-wide embedding of the label. The label embedding has K + 1 rows: row K is the
+null class, used for unconditional predictions (label None) and, with probability
+`label_dropout` while training, in place of the true label, so that one network gives both
+terms of classifier-free guidance. Each residual block adds W·c (zero-initialised, no bias)
+to its features after its first conv: a per-channel bias, as in VDM.
 
-Shapes: B batch, H×W pixels, C channels, E per-channel embedding width, D channels of a
-UNet level, V vocabulary, K classes.
+Parameters carry logical axis names ('vocab', 'embed', 'mlp', 'heads', 'cond'; None for the
+spatial kernel dimensions) so a mesh can shard them by rules.
+
+Shapes: B batch, H×W pixels, C channels, D feature_dim, V vocabulary, K classes.
 """
 
 import math
@@ -27,166 +34,177 @@ import jax.numpy as jnp
 from md4.networks import transformer
 
 
-def conv(features, kernel=3, stride=1, zero=False, name=None):
-  """Conv with a logical-axis-named kernel [k, k, D_in, D_out] and bias [D_out]."""
+def num_groups(channels):
+  """GroupNorm groups: 32 (flax's default, the original's) for 128 channels or more;
+  narrower layers get fewer groups of at least 4 channels (a divisor of `channels`), since
+  with one channel per group a norm cancels any per-channel bias added before it, such as
+  the UNet blocks' conditioning."""
+  return math.gcd(32, max(1, channels // 4))
+
+
+def conv(features, kernel=3, stride=1, padding='SAME', zero=False, name=None):
+  """Conv with a logical-axis-named kernel [k, k, D_in, D_out] (LeCun normal, or zeros) and
+  a zero bias [D_out]."""
   init = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
   return nn.Conv(
-      features, (kernel, kernel), strides=(stride, stride), padding='SAME',
+      features, (kernel, kernel), strides=(stride, stride), padding=padding,
       kernel_init=nn.with_logical_partitioning(init, (None, None, 'embed', 'mlp')),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)),
       name=name)
 
 
-def dense(features, axes, zero=False, name=None):
+def dense(features, axes, zero=False, use_bias=True, name=None):
+  """Dense with a logical-axis-named kernel [D_in, features] (LeCun normal, or zeros)."""
   init = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
   return nn.Dense(
-      features, kernel_init=nn.with_logical_partitioning(init, axes),
+      features, use_bias=use_bias, kernel_init=nn.with_logical_partitioning(init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
       name=name)
 
 
+def embed(num_embeddings, features, axes, name=None):
+  """Embedding table [num_embeddings, features], flax's default init (std 1/√features)."""
+  return nn.Embed(
+      num_embeddings, features,
+      embedding_init=nn.with_logical_partitioning(nn.linear.default_embed_init, axes),
+      name=name)
+
+
 def group_norm(channels, name=None):
+  """GroupNorm with a learned scale and bias [channels]."""
   return nn.GroupNorm(
-      num_groups=math.gcd(32, channels),
+      num_groups=num_groups(channels),
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
       name=name)
 
 
+class Conditioning(nn.Module):
+  """c = W₂·swish(W₁·[e(1000·t), l] + b₁) + b₂ [B, dim], l the label's embedding (only
+  with num_classes > 0; the null class K where label is None or dropped in training)."""
+  dim: int  # D: width of e, of l and of c; W₁ has 4·D outputs
+  num_classes: int  # K; 0: no label input
+  label_dropout: float  # training: chance a label is replaced by the null class K
+
+  @nn.compact
+  def __call__(self, t, label, train):  # t [B], label [B] or None -> [B, D]
+    e = transformer.timestep_embedding(1000.0 * t, self.dim)  # [B, D]
+    if self.num_classes == 0:
+      if label is not None:
+        raise ValueError('the network got labels but has num_classes = 0')
+    else:
+      null = jnp.full(t.shape, self.num_classes, jnp.int32)  # [B]
+      label = null if label is None else label
+      if train and self.label_dropout > 0:
+        drop = jax.random.bernoulli(self.make_rng('dropout'), self.label_dropout, t.shape)
+        label = jnp.where(drop, null, label)
+      label_embed = embed(self.num_classes + 1, self.dim, (None, 'cond'), 'label_embed')
+      e = jnp.concatenate([e, label_embed(label)], axis=-1)  # [B, 2D]
+    c = nn.swish(dense(4 * self.dim, (None, 'cond'), name='mlp_in')(e))  # [B, 4D]
+    return dense(self.dim, (None, 'cond'), name='mlp_out')(c)
+
+
+def check_label_dropout(label_dropout):
+  if not 0.0 <= label_dropout <= 1.0:
+    raise ValueError(f'network.label_dropout must be in [0, 1], got {label_dropout}')
+
+
+def embed_pixels(z, vocab_size, dim):
+  """Ids [B, H, W, C] in [0, V] -> [B, H, W, D]: each channel value embedded in D dims, the
+  C embeddings of a pixel concatenated, then a 3×3 conv."""
+  b, height, width, c = z.shape
+  x = embed(vocab_size + 1, dim, ('vocab', 'embed'), 'embed')(z)  # [B, H, W, C, D]
+  return conv(dim, name='conv_in')(x.reshape(b, height, width, c * dim))
+
+
+def pixel_logits(h, channels, vocab_size):
+  """Features [B, H, W, D] -> float32 logits [B, H, W, C, V] by a zero-initialised 3×3 conv,
+  so that training starts from the uniform prediction."""
+  b, height, width, _ = h.shape
+  logits = conv(channels * vocab_size, zero=True, name='conv_out')(h)  # [B, H, W, C·V]
+  return logits.reshape(b, height, width, channels, vocab_size).astype(jnp.float32)
+
+
 class ResBlock(nn.Module):
-  """x + conv(drop(act(norm(h)·(1 + scale) + shift))), h = conv(act(norm(x))), with
-  (scale, shift) = W·act(cond) (scale-shift norm, Nichol & Dhariwal 2021) and a 1×1 conv
-  on the skip when the width changes; the last conv starts at zero, so the block starts
-  as the identity. The conditioning enters after the norm, which would remove a plain
-  per-channel shift added before it."""
+  """VDM's residual block: h = conv₁(swish(GN(x))) + W·c, then
+  x + conv₂(dropout(swish(GN(h)))), with conv₂ and W zero-initialised (the block starts as
+  the identity) and a dense layer on the skip when the width changes."""
   features: int
   dropout_rate: float
 
   @nn.compact
-  def __call__(self, x, cond, train):  # x [B, H, W, D_in], cond [B, C] -> [B, H, W, D]
-    h = conv(self.features, name='conv1')(nn.silu(group_norm(x.shape[-1], 'norm1')(x)))
-    scale, shift = jnp.split(
-        dense(2 * self.features, ('cond', 'mlp'), name='cond')(nn.silu(cond))[:, None, None],
-        2, axis=-1)  # each [B, 1, 1, D]
-    h = nn.silu(group_norm(self.features, 'norm2')(h) * (1.0 + scale) + shift)
+  def __call__(self, x, cond, train):  # x [B, H, W, D_in], cond [B, D_c] -> [B, H, W, D]
+    h = conv(self.features, name='conv1')(nn.swish(group_norm(x.shape[-1], 'norm1')(x)))
+    h = h + dense(self.features, ('cond', 'mlp'), zero=True, use_bias=False,
+                  name='cond')(cond)[:, None, None]
+    h = nn.swish(group_norm(self.features, 'norm2')(h))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     h = conv(self.features, zero=True, name='conv2')(h)
     if x.shape[-1] != self.features:
-      x = conv(self.features, kernel=1, name='skip')(x)
+      x = dense(self.features, ('embed', 'mlp'), name='skip')(x)
     return x + h
 
 
-class AttnBlock(nn.Module):
-  """x + W_o·Attn(norm(x)) over the H·W positions, multi-head; W_o starts at zero."""
+class SelfAttention(nn.Module):
+  """x + W_o·Attn(W_q·n, W_k·n, W_v·n) with n = GN(x), over the H·W positions: multi-head
+  dot-product attention (Vaswani et al., 2017, eq. 1) with biased projections, kernels
+  [D, heads, D/heads] and [heads, D/heads, D] (flax's MultiHeadDotProductAttention)."""
   num_heads: int
 
   @nn.compact
   def __call__(self, x):  # [B, H, W, D]
-    b, h, w, d = x.shape
+    b, height, width, d = x.shape
     if d % self.num_heads:
-      raise ValueError(f'attention width {d} is not divisible by num_heads '
-                       f'{self.num_heads}; change feature_dim, ch_mult or num_heads')
+      raise ValueError(f'attention width {d} is not divisible by {self.num_heads} heads')
     k = d // self.num_heads
-    y = group_norm(d, 'norm')(x).reshape(b, h * w, d)
-    q, kk, v = jnp.split(dense(3 * d, ('embed', 'heads'), name='qkv')(y), 3, axis=-1)
-    y = jax.nn.dot_product_attention(*(a.reshape(b, h * w, self.num_heads, k)
-                                       for a in (q, kk, v)))  # [B, HW, heads, K]
-    y = dense(d, ('heads', 'embed'), zero=True, name='out')(y.reshape(b, h * w, d))
-    return x + y.reshape(b, h, w, d)
+    n = group_norm(d, 'norm')(x).reshape(b, height * width, d)
+
+    def project(name):  # [B, HW, D] -> [B, HW, heads, K]
+      kernel = self.param(name, nn.with_logical_partitioning(
+          nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), ('embed', 'heads', None)),
+                          (d, self.num_heads, k))
+      bias = self.param(f'{name}_bias', nn.with_logical_partitioning(
+          nn.initializers.zeros, ('heads', None)), (self.num_heads, k))
+      return jnp.einsum('bld,dhk->blhk', n, kernel) + bias
+
+    y = jax.nn.dot_product_attention(project('query'), project('key'), project('value'))
+    kernel = self.param('out', nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), ('heads', None, 'embed')),
+                        (self.num_heads, k, d))
+    bias = self.param('out_bias', nn.with_logical_partitioning(
+        nn.initializers.zeros, ('embed',)), (d,))
+    y = jnp.einsum('blhk,hkd->bld', y, kernel) + bias  # [B, HW, D]
+    return x + y.reshape(b, height, width, d)
 
 
 class UNet(nn.Module):
   """(z_t [B, H, W, C] ids, t [B], label [B] or None) -> logits [B, H, W, C, V]."""
   vocab_size: int  # V; inputs also take the mask id V
-  feature_dim: int = 128  # D of the first level
-  ch_mult: tuple[int, ...] = (1, 2, 2)  # level i has feature_dim·ch_mult[i] channels
-  num_res_blocks: int = 2  # residual blocks per level on the way down (one more up)
-  attn_resolutions: tuple[int, ...] = (16,)  # image sides (H) with self-attention
-  num_heads: int = 1  # attention heads in the UNet's attention blocks
-  embed_dim: int = 32  # E, embedding width of one channel value
-  dropout_rate: float = 0.1
+  feature_dim: int = 128  # D: channels of every block, per-channel embedding, conditioning
+  n_layers: int = 32  # residual blocks on the way down (n_layers + 1 on the way up)
+  dropout_rate: float = 0.1  # in every residual block
   num_classes: int = 0  # K; 0: no label input
   label_dropout: float = 0.1  # training: chance a label is replaced by the null class K
 
   def __post_init__(self):
-    if not self.ch_mult:
-      raise ValueError('network.ch_mult must list at least one level')
-    if not 0.0 <= self.label_dropout <= 1.0:
-      raise ValueError(f'network.label_dropout must be in [0, 1], got {self.label_dropout}')
+    check_label_dropout(self.label_dropout)
     super().__post_init__()
-
-  def conditioning(self, t, label, train):
-    """Time embedding (sinusoids of 1000·t, MLP) plus the label's embedding: [B, 4·D]."""
-    c = 4 * self.feature_dim
-    cond = transformer.timestep_embedding(1000.0 * t, self.feature_dim)  # [B, D]
-    cond = dense(c, (None, 'cond'), name='time_mlp_in')(cond)
-    cond = dense(c, (None, 'cond'), name='time_mlp_out')(nn.silu(cond))
-    if self.num_classes == 0:
-      if label is not None:
-        raise ValueError('the network got labels but has num_classes = 0')
-      return cond
-    null = jnp.full(t.shape, self.num_classes, jnp.int32)  # [B]
-    label = null if label is None else label
-    if train and self.label_dropout > 0:
-      drop = jax.random.bernoulli(self.make_rng('dropout'), self.label_dropout, t.shape)
-      label = jnp.where(drop, null, label)
-    return cond + nn.Embed(
-        self.num_classes + 1, c,
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                    (None, 'cond')),
-        name='label_embed')(label)
-
-  def middle(self, h, cond, train):
-    """The lowest resolution: ResBlock, attention, ResBlock."""
-    d = h.shape[-1]
-    h = ResBlock(d, self.dropout_rate, name='mid_res1')(h, cond, train)
-    h = AttnBlock(self.num_heads, name='mid_attn')(h)
-    return ResBlock(d, self.dropout_rate, name='mid_res2')(h, cond, train)
 
   @nn.compact
   def __call__(self, z, t, label=None, train=False):
-    b, height, width, c = z.shape
-    if height % 2**(len(self.ch_mult) - 1) or width % 2**(len(self.ch_mult) - 1):
-      raise ValueError(f'{height}x{width} images cannot be halved {len(self.ch_mult) - 1}'
-                       f' times; use fewer network.ch_mult levels')
-    cond = self.conditioning(t, label, train)  # [B, 4D]
-    x = nn.Embed(
-        self.vocab_size + 1, self.embed_dim,
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                    ('vocab', 'embed')),
-        name='embed')(z)  # [B, H, W, C, E]
-    h = conv(self.feature_dim, name='conv_in')(
-        x.reshape(b, height, width, c * self.embed_dim))  # [B, H, W, D]
-
-    def attend(h, name):
-      if h.shape[1] in self.attn_resolutions:
-        h = AttnBlock(self.num_heads, name=name)(h)
-      return h
-
+    d = self.feature_dim
+    cond = Conditioning(d, self.num_classes, self.label_dropout, name='cond')(
+        t, label, train)  # [B, D]
+    h = embed_pixels(z, self.vocab_size, d)  # [B, H, W, D]
     skips = [h]
-    for level, mult in enumerate(self.ch_mult):
-      for i in range(self.num_res_blocks):
-        h = ResBlock(self.feature_dim * mult, self.dropout_rate,
-                     name=f'down_{level}_res_{i}')(h, cond, train)
-        h = attend(h, f'down_{level}_attn_{i}')
-        skips.append(h)
-      if level < len(self.ch_mult) - 1:
-        h = conv(h.shape[-1], stride=2, name=f'down_{level}_halve')(h)
-        skips.append(h)
-
-    h = self.middle(h, cond, train)
-
-    for level, mult in reversed(list(enumerate(self.ch_mult))):
-      for i in range(self.num_res_blocks + 1):
-        h = ResBlock(self.feature_dim * mult, self.dropout_rate,
-                     name=f'up_{level}_res_{i}')(
-                         jnp.concatenate([h, skips.pop()], axis=-1), cond, train)
-        h = attend(h, f'up_{level}_attn_{i}')
-      if level > 0:
-        h = jax.image.resize(h, (b, 2 * h.shape[1], 2 * h.shape[2], h.shape[3]),
-                             'nearest')
-        h = conv(h.shape[-1], name=f'up_{level}_double')(h)
-
-    h = nn.silu(group_norm(h.shape[-1], 'norm_out')(h))
-    logits = conv(c * self.vocab_size, zero=True, name='conv_out')(h)
-    return logits.reshape(b, height, width, c, self.vocab_size).astype(jnp.float32)
+    for i in range(self.n_layers):
+      h = ResBlock(d, self.dropout_rate, name=f'down_{i}')(h, cond, train)
+      skips.append(h)
+    h = ResBlock(d, self.dropout_rate, name='mid_1')(h, cond, train)
+    h = SelfAttention(num_heads=1, name='mid_attn')(h)
+    h = ResBlock(d, self.dropout_rate, name='mid_2')(h, cond, train)
+    for i in range(self.n_layers + 1):
+      h = ResBlock(d, self.dropout_rate, name=f'up_{i}')(
+          jnp.concatenate([h, skips.pop()], axis=-1), cond, train)
+    h = nn.swish(group_norm(d, 'norm_out')(h))
+    return pixel_logits(h, z.shape[-1], self.vocab_size)

@@ -1,11 +1,16 @@
-"""MD4 on scikit-learn's 8×8 digits with a small UNet: the offline image default.
+"""MD4 on scikit-learn's 8×8 digits with a shrunken CIFAR-10 UNet: the offline image default.
 
 Run:  python md4/main.py --config=md4/configs/md4/digits.py --workdir=expt/digits
 Hardware: 2 CPU cores (no accelerator needed). Data: `load_digits` from scikit-learn
 (1,797 images, 17 grey levels, so 17 token ids per pixel), no download; the last 300 images
 are held out. A uniform guess costs log2(17) = 4.09 bits per dimension; see the README for
-the time this takes and what it reaches. `--config.data.class_conditional=True` trains a
-class-conditional model whose sample grid has one row per digit.
+the time this takes and what it reaches (1,500 steps: 1.73 bits per dimension).
+`--config.data.class_conditional=True` trains a class-conditional model whose sample grid
+has one row per digit.
+Network: md4/configs/md4/cifar10.py's UNet with 32 channels instead of 128 and 4 residual
+blocks down (5 up) instead of 32, 300,369 parameters; dropout 0.1 as there. For a run of
+1,500 steps: AdamW at a peak rate of 2e-3 after 100 warm-up steps, b2 0.999, no weight
+decay, and an EMA at 0.999.
 """
 
 from md4.configs import base
@@ -16,15 +21,15 @@ def get_config():
   config.data.dataset = 'digits'
   config.data.data_shape = (8, 8, 1)
 
-  config.network = base.unet_network()
+  config.network = base.unet_network('unet')
   config.network.feature_dim = 32
-  config.network.ch_mult = (1, 2)
-  config.network.num_res_blocks = 1
-  config.network.attn_resolutions = (4,)
-  config.network.embed_dim = 16
+  config.network.n_layers = 4
+  config.network.dropout_rate = 0.1
 
   config.opt.learning_rate = 2e-3
   config.opt.warmup_steps = 100
+  config.opt.b2 = 0.999
+  config.opt.weight_decay = 0.0
   config.opt.ema_rate = 0.999
 
   config.sampling.timesteps = 64
