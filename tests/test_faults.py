@@ -1,0 +1,324 @@
+"""Runs that stop early: signals, SIGKILL (between checkpoints and inside a save), unreadable
+checkpoints, a non-finite loss, a workdir that cannot be written; and the progress line.
+
+A run restarted after any of them ends with exactly the parameters (and metrics.jsonl) of
+an uninterrupted one: the steps are the same compiled programs, fed data and keys that are
+functions of the seed and the step, so the comparisons below are exact.
+"""
+
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from md4 import data
+from md4 import train
+from test_train import ROOT, cli_args, tiny_config
+
+# 200 steps (a second or two), a checkpoint every 20, no eval or samples before the last
+# step, so that the killed runs compile only the train step.
+FAULTS = {'num_train_steps': 200, 'checkpoint_every_steps': 20, 'keep_checkpoints': 10,
+          'log_every_steps': 2, 'eval_every_steps': 200, 'sample_every_steps': 200}
+TMP = '.orbax-checkpoint-tmp'  # suffix of the directory Orbax writes a step into
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """The workdir of an uninterrupted run."""
+  workdir = tmp_path_factory.mktemp('reference')
+  train.train_and_evaluate(tiny_config(**FAULTS), str(workdir))
+  return workdir
+
+
+def _final_state(workdir):
+  step = FAULTS['num_train_steps']
+  return ocp.StandardCheckpointer().restore(workdir / 'checkpoints' / str(step) / 'default')
+
+
+def _records(workdir):
+  return [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def assert_same_run(reference, workdir, stopped_after=None):
+  """The same final state (parameters, EMA, optimizer state) bit for bit, and the same
+  metrics.jsonl records from the first step workdir logged on.
+
+  A run stopped by a signal after step `stopped_after` logged the steps since its last
+  log step there; the next record holds the steps after it, so that the two average to the
+  uninterrupted run's record.
+  """
+  want, got = _final_state(reference), _final_state(workdir)
+  assert jax.tree.structure(want) == jax.tree.structure(got)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  records = _records(workdir)
+  expected = [r for r in _records(reference) if r['step'] >= records[0]['step']]
+  every = FAULTS['log_every_steps']
+  if stopped_after is not None and stopped_after % every:
+    split = {r['step']: r for r in records if r['step'] - stopped_after in (0, 1)}
+    assert sorted(split) == [stopped_after, stopped_after + 1]  # log_every_steps = 2
+    whole = next(r for r in expected if r['step'] == stopped_after + 1)
+    assert (split[stopped_after]['loss'] + split[stopped_after + 1]['loss']) / 2 == (
+        pytest.approx(whole['loss'], rel=1e-6))
+    records = [r for r in records if r['step'] not in split]
+    expected = [r for r in expected if r['step'] != stopped_after + 1]
+  assert records == expected
+
+
+def _logged_step(workdir):
+  """The last step in metrics.jsonl (0 without one)."""
+  try:
+    lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+    return json.loads(lines[-1])['step'] if lines else 0
+  except (FileNotFoundError, ValueError):  # not written yet, or a line being written
+    return 0
+
+
+def _start(args, log):
+  """md4/main.py in a subprocess, its stdout and stderr into log.out and log.err."""
+  return subprocess.Popen(args, cwd=ROOT, stdout=open(f'{log}.out', 'w'),
+                          stderr=open(f'{log}.err', 'w'), text=True)
+
+
+def _wait_for(proc, condition, log, timeout=240):
+  """Polls condition every millisecond until it holds; fails if proc exits first."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if proc.poll() is not None or time.monotonic() > deadline:
+      proc.kill()
+      pytest.fail(f'exit status {proc.returncode} before the kill point:\n' +
+                  open(f'{log}.err').read()[-3000:])
+    time.sleep(0.001)
+
+
+def test_killed_anywhere_and_preempted_runs_resume_to_the_uninterrupted_result(
+    reference, tmp_path):
+  """SIGKILL inside a checkpoint save, SIGKILL and SIGTERM at seeded steps, each followed
+  by a restart with the same command; the last restart runs to the end."""
+  workdir = tmp_path / 'run'
+  checkpoints = workdir / 'checkpoints'
+  args = cli_args(workdir, **FAULTS)
+  listing = lambda: os.listdir(checkpoints) if checkpoints.exists() else []
+  rng = random.Random(24)
+
+  # SIGKILL the moment Orbax's temporary directory for a step appears: mid-save, with
+  # the step-20 checkpoint complete. The kill landed inside the save if the temporary
+  # directory is still there and the step's own is not; the save may also win the race,
+  # then the next one is the target.
+  for target in (40, 60, 80):
+    proc = _start(args, tmp_path / f'save{target}')
+    _wait_for(proc, lambda: f'{target}{TMP}' in listing(), tmp_path / f'save{target}')
+    proc.kill()
+    proc.wait()
+    if f'{target}{TMP}' in listing() and str(target) not in listing():
+      break
+  else:
+    pytest.fail('no SIGKILL landed inside a checkpoint save in three tries')
+
+  # SIGKILL right after a seeded log step, between checkpoints.
+  kill_at = rng.randrange(_logged_step(workdir) + 2, 120, 2)
+  proc = _start(args, tmp_path / 'kill')
+  _wait_for(proc, lambda: _logged_step(workdir) >= kill_at, tmp_path / 'kill')
+  proc.kill()
+  proc.wait()
+  assert f'{target}{TMP}' not in listing()  # the unfinished save was removed
+
+  # SIGTERM after a seeded log step: the run stops after its step with a checkpoint and
+  # says how to resume.
+  term_at = rng.randrange(_logged_step(workdir) + 2, 150, 2)
+  proc = _start(args, tmp_path / 'term')
+  _wait_for(proc, lambda: _logged_step(workdir) >= term_at, tmp_path / 'term')
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+  err = (tmp_path / 'term.err').read_text()
+  stopped = re.search(r'SIGTERM received: stopped after step (\d+) of 200 and saved a '
+                      r'checkpoint in (\S+)\. To resume, run the same command again', err)
+  assert stopped, err[-3000:]
+  assert int(stopped[1]) < 200 and os.path.isdir(stopped[2])
+  assert max(map(int, filter(str.isdigit, listing()))) == int(stopped[1])
+  assert _logged_step(workdir) <= int(stopped[1])
+
+  train.train_and_evaluate(tiny_config(**FAULTS), str(workdir))
+  assert_same_run(reference, workdir, stopped_after=int(stopped[1]))
+  assert _records(workdir)[0]['step'] == 2  # one record per log step, none repeated
+  assert not [n for n in listing() if TMP in n]
+
+
+def test_sigint_stops_after_the_current_step_with_a_checkpoint(reference, tmp_path,
+                                                                monkeypatch):
+  """Ctrl-C in the loop: a checkpoint at the step it stopped after, before the next
+  periodic one (60); the rerun ends as the uninterrupted run."""
+  train_batch = data.train_batch
+
+  def interrupting_train_batch(split, step, *args):
+    if step == 43:  # asked for by the prefetching thread, a few steps ahead of the loop
+      os.kill(os.getpid(), signal.SIGINT)
+    return train_batch(split, step, *args)
+
+  monkeypatch.setattr(data, 'train_batch', interrupting_train_batch)
+  with pytest.raises(train.Preempted, match=r'SIGINT received: stopped after step') as e:
+    train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
+  assert 40 < e.value.step < 60
+  assert sorted(map(int, os.listdir(tmp_path / 'checkpoints')))[-1] == e.value.step
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  monkeypatch.undo()
+  train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
+  assert_same_run(reference, tmp_path, stopped_after=e.value.step)
+
+
+def _truncate_largest_array_file(step_dir):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir / 'default') for f in fs]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.truncate(os.path.getsize(largest) // 2)
+
+
+def _files(directory):
+  return {os.path.relpath(os.path.join(d, f), directory): open(os.path.join(d, f), 'rb').read()
+          for d, _, fs in os.walk(directory) for f in fs}
+
+
+def test_unreadable_checkpoints_are_reported_kept_and_skipped(reference, tmp_path, caplog):
+  """Steps 100 (an array file cut short) and 80 (its array metadata gone) cannot be
+  read: each is reported by step and error, moved whole to unreadable_checkpoints/, and the
+  run resumes from 60."""
+  checkpoints = tmp_path / 'checkpoints'
+  for step in (60, 80, 100):
+    shutil.copytree(reference / 'checkpoints' / str(step), checkpoints / str(step))
+  _truncate_largest_array_file(checkpoints / '100')
+  os.remove(checkpoints / '80' / 'default' / '_METADATA')
+  corrupted = {step: _files(checkpoints / str(step)) for step in (80, 100)}
+  caplog.set_level('WARNING')
+  train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
+  warnings = '\n'.join(r.getMessage() for r in caplog.records)
+  assert re.search(r'checkpoint at step 100 in \S+ cannot be read \(ValueError: \w+: '
+                   r'Error reading .* in OCDBT database', warnings)
+  assert re.search(r'checkpoint at step 80 in \S+ cannot be read \(\w+: ', warnings)
+  assert 'resuming from step 60' in warnings
+  for step in (80, 100):
+    assert _files(tmp_path / train.UNREADABLE_DIR / str(step)) == corrupted[step]
+  assert_same_run(reference, tmp_path)
+  assert _records(tmp_path)[0]['step'] == 62
+
+  # When no checkpoint can be read, the run stops and moves nothing.
+  workdir = tmp_path / 'none_readable'
+  shutil.copytree(reference / 'checkpoints' / '20', workdir / 'checkpoints' / '20')
+  _truncate_largest_array_file(workdir / 'checkpoints' / '20')
+  with pytest.raises(ValueError, match=r'no checkpoint in \S+ can be read \(step 20: '
+                     r'ValueError: \w+: Error reading .*\)\. Nothing was moved or deleted'):
+    train.train_and_evaluate(tiny_config(**FAULTS), str(workdir))
+  assert os.listdir(workdir / 'checkpoints') == ['20']
+
+
+def test_nan_check_stops_at_the_first_non_finite_step_reading_metrics_at_log_steps(
+    tmp_path, monkeypatch):
+  """A learning rate near float32's largest makes the parameters overflow after step 2,
+  and the loss of step 3 is not finite. The check reads the metrics at log and checkpoint
+  steps only (2, then 4), finds step 3, and leaves the step-2 checkpoint as it was."""
+  config = tiny_config(**{'check_nans': True, 'opt.learning_rate': 3e38,
+                          'opt.warmup_steps': 4, 'checkpoint_every_steps': 2})
+  checked = []
+  check_finite = train._check_finite
+
+  def recording_check_finite(first_step, history, manager):
+    checked.append((first_step, len(history)))
+    return check_finite(first_step, history, manager)
+
+  monkeypatch.setattr(train, '_check_finite', recording_check_finite)
+  with pytest.raises(FloatingPointError, match=r"'loss' is nan at step 3; lower "
+                     r'opt.learning_rate.* The last checkpoint, step 2 in \S+, is from '
+                     r'before it; rerun with the same workdir'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checked == [(1, 2), (3, 2)]
+  assert os.listdir(tmp_path / 'checkpoints') == ['2']
+  with ocp.CheckpointManager(tmp_path / 'checkpoints') as manager:
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(manager.restore(2)))
+
+
+@pytest.mark.parametrize('kind', ['a file', 'under a file', 'read-only'])
+def test_workdir_that_cannot_be_written_fails_before_the_data_is_loaded(
+    tmp_path, monkeypatch, kind):
+  (tmp_path / 'file').write_text('')
+  workdir = {'a file': tmp_path / 'file', 'under a file': tmp_path / 'file' / 'run',
+             'read-only': tmp_path / 'read-only'}[kind]
+  if kind == 'read-only':
+    if os.geteuid() == 0:
+      pytest.skip('root writes in read-only directories')
+    workdir.mkdir(mode=0o500)
+  monkeypatch.setattr(data, 'load_dataset', lambda *a: pytest.fail('data loaded'))
+  problem = {'a file': 'is a file, not a directory',
+             'under a file': 'Not a directory', 'read-only': 'Permission denied'}[kind]
+  with pytest.raises(ValueError, match=f'workdir {re.escape(str(workdir))}.*{problem}.*'
+                     'pass a --workdir'):
+    train.train_and_evaluate(tiny_config(), str(workdir))
+
+
+class _Stream(io.StringIO):
+
+  def __init__(self, tty):
+    super().__init__()
+    self.tty = tty
+
+  def isatty(self):
+    return self.tty
+
+
+def test_progress_line_in_place_on_a_terminal_and_plain_lines_elsewhere():
+  """Steps 1..10, a log step every 4 (losses 3.0, 2.5, then 2.25 at the last step); the
+  first step returns at t = 10 s (after compiling), then 0.5 s per step."""
+  def run(tty):
+    now = [0.0]
+    line = train.ProgressLine(10, _Stream(tty), every_secs=2.5, redraw_secs=0.0,
+                              clock=lambda: now[0])
+    for step in range(1, 11):
+      now[0] = 10 + 0.5 * (step - 1)
+      line.update(step, {4: 3.0, 8: 2.5, 10: 2.25}.get(step))
+    return line.stream.getvalue()
+
+  # Rates: 3 steps in 1.5 s at step 4; from step 4 on, 4 steps in 2 s, then 6 in 3 s.
+  assert run(tty=False).splitlines() == [
+      'step 4/10 | 2 steps/s | ETA 3s | loss 3.0000',
+      'step 10/10 | 2 steps/s | loss 2.2500']  # step 8: 2 s after the last line
+  screen = run(tty=True)
+  frames = screen.split('\r')[1:]  # each redraw pads to the width of the one before
+  assert frames[-1] == 'step 10/10 | 2 steps/s | loss 2.2500'.ljust(len(frames[-2])) + '\n'
+  assert [f.rstrip() for f in frames[:5]] == [
+      'step 1/10', 'step 2/10', 'step 3/10', 'step 4/10 | 2 steps/s | ETA 3s | loss 3.0000',
+      'step 5/10 | 2 steps/s | ETA 2s | loss 3.0000']
+  assert '\n' not in screen[:-1]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_stop_after_the_same_step_when_one_gets_sigterm(tmp_path):
+  """Two processes of one run (a device each); SIGTERM to the second only. JAX's
+  preemption service picks one step; both save it and exit, none waits forever."""
+  address = f'localhost:{_free_port()}'
+  args = cli_args(tmp_path / 'run', **{**FAULTS, 'num_train_steps': 100000,
+                                       'checkpoint_every_steps': 100000})
+  procs = [_start(args + [f'--coordinator_address={address}', '--num_processes=2',
+                          f'--process_id={i}'], tmp_path / f'p{i}') for i in range(2)]
+  _wait_for(procs[1], lambda: _logged_step(tmp_path / 'run') >= 10, tmp_path / 'p1')
+  procs[1].send_signal(signal.SIGTERM)
+  for proc in procs:
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+  steps = [re.search(r'stopped after step (\d+) of', (tmp_path / f'p{i}.err').read_text())
+           for i in range(2)]
+  assert steps[0] and steps[1] and steps[0][1] == steps[1][1]
+  assert os.listdir(tmp_path / 'run' / 'checkpoints') == [steps[0][1]]
