@@ -156,28 +156,6 @@ def test_killed_anywhere_and_preempted_runs_resume_to_the_uninterrupted_result(
   assert not [n for n in listing() if TMP in n]
 
 
-def test_sigint_stops_after_the_current_step_with_a_checkpoint(reference, tmp_path,
-                                                                monkeypatch):
-  """Ctrl-C in the loop: a checkpoint at the step it stopped after, before the next
-  periodic one (60); the rerun ends as the uninterrupted run."""
-  train_batch = data.train_batch
-
-  def interrupting_train_batch(split, step, *args):
-    if step == 43:  # asked for by the prefetching thread, a few steps ahead of the loop
-      os.kill(os.getpid(), signal.SIGINT)
-    return train_batch(split, step, *args)
-
-  monkeypatch.setattr(data, 'train_batch', interrupting_train_batch)
-  with pytest.raises(train.Preempted, match=r'SIGINT received: stopped after step') as e:
-    train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
-  assert 40 < e.value.step < 60
-  assert sorted(map(int, os.listdir(tmp_path / 'checkpoints')))[-1] == e.value.step
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-  monkeypatch.undo()
-  train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
-  assert_same_run(reference, tmp_path, stopped_after=e.value.step)
-
-
 def _truncate_largest_array_file(step_dir):
   files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir / 'default') for f in fs]
   largest = max(files, key=os.path.getsize)
@@ -190,31 +168,48 @@ def _files(directory):
           for d, _, fs in os.walk(directory) for f in fs}
 
 
-def test_unreadable_checkpoints_are_reported_kept_and_skipped(reference, tmp_path, caplog):
-  """Steps 100 (an array file cut short) and 80 (its array metadata gone) cannot be
-  read: each is reported by step and error, moved whole to unreadable_checkpoints/, and the
-  run resumes from 60."""
+def test_sigint_stops_with_a_checkpoint_and_unreadable_ones_are_kept_and_skipped(
+    reference, tmp_path, monkeypatch, caplog):
+  """Ctrl-C in the loop stops it after the current step, with a checkpoint there, before
+  the next periodic one (60). Then that checkpoint (an array file cut short) and the one at
+  40 (its array metadata gone) cannot be read: each is reported by step and error and moved
+  whole to unreadable_checkpoints/, and the rerun resumes from 20 to the uninterrupted
+  run's end."""
   checkpoints = tmp_path / 'checkpoints'
-  for step in (60, 80, 100):
-    shutil.copytree(reference / 'checkpoints' / str(step), checkpoints / str(step))
-  _truncate_largest_array_file(checkpoints / '100')
-  os.remove(checkpoints / '80' / 'default' / '_METADATA')
-  corrupted = {step: _files(checkpoints / str(step)) for step in (80, 100)}
+  train_batch = data.train_batch
+
+  def interrupting_train_batch(split, step, *args):
+    if step == 43:  # asked for by the prefetching thread, a few steps ahead of the loop
+      os.kill(os.getpid(), signal.SIGINT)
+    return train_batch(split, step, *args)
+
+  monkeypatch.setattr(data, 'train_batch', interrupting_train_batch)
+  with pytest.raises(train.Preempted, match=r'SIGINT received: stopped after step') as e:
+    train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
+  stopped = e.value.step
+  assert 40 < stopped < 60
+  assert sorted(map(int, os.listdir(checkpoints))) == [20, 40, stopped]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  monkeypatch.undo()
+
+  _truncate_largest_array_file(checkpoints / str(stopped))
+  os.remove(checkpoints / '40' / 'default' / '_METADATA')
+  damaged = {step: _files(checkpoints / str(step)) for step in (40, stopped)}
   caplog.set_level('WARNING')
   train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
   warnings = '\n'.join(r.getMessage() for r in caplog.records)
-  assert re.search(r'checkpoint at step 100 in \S+ cannot be read \(ValueError: \w+: '
-                   r'Error reading .* in OCDBT database', warnings)
-  assert re.search(r'checkpoint at step 80 in \S+ cannot be read \(\w+: ', warnings)
-  assert 'resuming from step 60' in warnings
-  for step in (80, 100):
-    assert _files(tmp_path / train.UNREADABLE_DIR / str(step)) == corrupted[step]
+  assert re.search(rf'checkpoint at step {stopped} in \S+ cannot be read \(ValueError: \w+: '
+                   r'Error reading .* in OCDBT database', warnings), warnings
+  assert re.search(r'checkpoint at step 40 in \S+ cannot be read \(\w+: ', warnings)
+  assert 'resuming from step 20' in warnings
+  for step in (40, stopped):
+    assert _files(tmp_path / train.UNREADABLE_DIR / str(step)) == damaged[step]
   assert_same_run(reference, tmp_path)
-  assert _records(tmp_path)[0]['step'] == 62
+  assert _records(tmp_path)[0]['step'] == 2
 
   # When no checkpoint can be read, the run stops and moves nothing.
   workdir = tmp_path / 'none_readable'
-  shutil.copytree(reference / 'checkpoints' / '20', workdir / 'checkpoints' / '20')
+  shutil.copytree(checkpoints / '20', workdir / 'checkpoints' / '20')
   _truncate_largest_array_file(workdir / 'checkpoints' / '20')
   with pytest.raises(ValueError, match=r'no checkpoint in \S+ can be read \(step 20: '
                      r'ValueError: \w+: Error reading .*\)\. Nothing was moved or deleted'):
@@ -306,19 +301,40 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_stop_after_the_same_step_when_one_gets_sigterm(tmp_path):
-  """Two processes of one run (a device each); SIGTERM to the second only. JAX's
-  preemption service picks one step; both save it and exit, none waits forever."""
+# One process of a two-process run: a collective at each step, as a train step has, and
+# the loop's StopRequest. Argv: coordinator address, process id.
+_TWO_PROCESS_LOOP = """
+import sys
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from md4 import train
+with train.StopRequest(0) as signals:
+  for step in range(1, 10**6):
+    multihost_utils.process_allgather(np.int32(step))
+    if step == 10:
+      print('running', flush=True)
+    if signals.stop(step):
+      break
+print('stopped after', step, signals.signal_name, flush=True)
+"""
+
+
+def test_two_processes_stop_after_the_same_step_when_one_gets_sigint(tmp_path):
+  """Ctrl-C reaches the second process only; JAX's preemption service (to which it is
+  handed as SIGTERM) picks one step, and both stop after it: none waits forever in the
+  next step's collective. (The whole loop does the same; a run of two processes of
+  md4/main.py with --coordinator_address stops after one step and saves it.)"""
   address = f'localhost:{_free_port()}'
-  args = cli_args(tmp_path / 'run', **{**FAULTS, 'num_train_steps': 100000,
-                                       'checkpoint_every_steps': 100000})
-  procs = [_start(args + [f'--coordinator_address={address}', '--num_processes=2',
-                          f'--process_id={i}'], tmp_path / f'p{i}') for i in range(2)]
-  _wait_for(procs[1], lambda: _logged_step(tmp_path / 'run') >= 10, tmp_path / 'p1')
-  procs[1].send_signal(signal.SIGTERM)
-  for proc in procs:
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-  steps = [re.search(r'stopped after step (\d+) of', (tmp_path / f'p{i}.err').read_text())
-           for i in range(2)]
-  assert steps[0] and steps[1] and steps[0][1] == steps[1][1]
-  assert os.listdir(tmp_path / 'run' / 'checkpoints') == [steps[0][1]]
+  logs = [tmp_path / f'p{i}' for i in range(2)]
+  procs = [_start([sys.executable, '-c', _TWO_PROCESS_LOOP, address, str(i)], log)
+           for i, log in enumerate(logs)]
+  for proc, log in zip(procs, logs):
+    _wait_for(proc, lambda: 'running' in open(f'{log}.out').read(), log, timeout=120)
+  procs[1].send_signal(signal.SIGINT)
+  assert [proc.wait(timeout=60) for proc in procs] == [0, 0]
+  stops = [re.search(r'^stopped after (\d+) (\w+)$', open(f'{log}.out').read(), re.M)
+           for log in logs]
+  assert stops[0] and stops[1] and stops[0][1] == stops[1][1]
+  assert (stops[0][2], stops[1][2]) == ('None', 'SIGINT')
