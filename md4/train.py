@@ -6,7 +6,10 @@ Data flows config -> (dataset, model, optimizer, mesh) -> `train_step` under `ja
 with `sharded=True` the mesh takes `config.mesh_shape` and parameters, optimizer state and
 activations shard by `config.axis_rules`, which map the networks' logical axis names to mesh
 axes. The batch always splits over data x fsdp. Randomness is a pure function of (seed,
-step), and so is the data, so a run restarted from a checkpoint continues exactly.
+step), and so is the data, so a run restarted from a checkpoint continues exactly: after
+SIGTERM or SIGINT (the loop saves a checkpoint after its current step and stops), after
+SIGKILL (Orbax's saves are atomic), or past a checkpoint that cannot be read (the newest
+readable one is used).
 """
 
 import functools
@@ -360,8 +363,7 @@ def _read_checkpoint(manager, step, abstract, target):
   """The state at `step`; _Unreadable if its files cannot be read, ValueError if its arrays
   are not those of `abstract` (compared by path, shape and dtype before reading them)."""
   try:
-    metadata = manager.item_metadata(step)
-    tree = getattr(metadata, 'tree', None)
+    tree = getattr(manager.metadata(step).item_metadata, 'tree', None)
     if not isinstance(tree, dict):
       raise FileNotFoundError(f'no array metadata in {manager.directory}/{step}')
   except Exception as e:

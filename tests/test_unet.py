@@ -51,7 +51,9 @@ def test_label_and_time_condition_the_output_and_none_is_the_null_class(name):
   a, b = f(jnp.array([1, 2])), f(jnp.array([4, 2]))
   assert not np.allclose(a[0], b[0], atol=1e-4)  # example 0's label changed
   np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-5)  # example 1's did not
-  np.testing.assert_allclose(f(None), f(jnp.full((2,), K)), rtol=1e-6, atol=1e-6)
+  # Two programs (no label, the null class's id): float32 summation order differs; such
+  # UNet logits (up to about 4) differed by 1.5e-5 on an AMX Xeon.
+  np.testing.assert_allclose(f(None), f(jnp.full((2,), K)), rtol=1e-4, atol=1e-4)
   assert not np.allclose(f(None), a, atol=1e-4)
   assert not np.allclose(f(None, t=t[::-1]), f(None), atol=1e-4)
 
