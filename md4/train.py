@@ -502,7 +502,8 @@ class StopRequest:
   stops at once and resumes from its last periodic checkpoint.
 
   After the first signal the previous handlers are back, so that a second one acts at once
-  (Ctrl-C twice: stop without saving). Use as a context manager around the loop.
+  (Ctrl-C twice: stop without saving). A signal the process ignores (SIGINT in a shell's
+  background job) stays ignored. Use as a context manager around the loop.
   """
 
   def __init__(self, start_step):
@@ -520,7 +521,8 @@ class StopRequest:
     if threading.current_thread() is not threading.main_thread():
       return  # Python sets signal handlers from the main thread only
     for signum in (signal.SIGINT,) if self._service else (signal.SIGTERM, signal.SIGINT):
-      self._previous[signum] = signal.signal(signum, self._handle)
+      if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT in a background job
+        self._previous[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):
     del frame

@@ -178,7 +178,7 @@ def _files(directory):
 
 
 def test_sigint_stops_with_a_checkpoint_and_unreadable_ones_are_kept_and_skipped(
-    reference, tmp_path, monkeypatch, caplog):
+    reference, tmp_path, monkeypatch, caplog, request):
   """Ctrl-C in the loop stops it after the current step, with a checkpoint there, before
   the next periodic one (60). Then that checkpoint (an array file cut short) and the one at
   40 (its array metadata gone) cannot be read: each is reported by step and error and moved
@@ -186,6 +186,9 @@ def test_sigint_stops_with_a_checkpoint_and_unreadable_ones_are_kept_and_skipped
   run's end."""
   checkpoints = tmp_path / 'checkpoints'
   train_batch = data.train_batch
+  # Ctrl-C's default action, also where this runs with SIGINT ignored (a background job).
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
   def interrupting_train_batch(split, step, *args):
     if step == 43:  # asked for by the prefetching thread, a few steps ahead of the loop
@@ -198,7 +201,7 @@ def test_sigint_stops_with_a_checkpoint_and_unreadable_ones_are_kept_and_skipped
   stopped = e.value.step
   assert 40 < stopped < 60
   assert sorted(map(int, os.listdir(checkpoints))) == [20, 40, stopped]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
   monkeypatch.undo()
 
   _truncate_largest_array_file(checkpoints / str(stopped))
@@ -228,11 +231,16 @@ def test_sigint_stops_with_a_checkpoint_and_unreadable_ones_are_kept_and_skipped
 
 def test_nan_check_stops_at_the_first_non_finite_step_reading_metrics_at_log_steps(
     tmp_path, monkeypatch):
-  """A learning rate near float32's largest makes the parameters overflow after step 2,
-  and the loss of step 3 is not finite. The check reads the metrics at log and checkpoint
-  steps only (2, then 4), finds step 3, and leaves the step-2 checkpoint as it was."""
-  config = tiny_config(**{'check_nans': True, 'opt.learning_rate': 3e38,
-                          'opt.warmup_steps': 4, 'checkpoint_every_steps': 2})
+  """A corrupt batch at step 23 (ids past the vocabulary, which the embedding's gather
+  reads as NaN) makes that step's loss NaN. The check reads the metrics at log and
+  checkpoint steps only (every second step here), finds step 23 at step 24, and leaves the
+  step-20 checkpoint as it was. The run's steps are FAULTS' (nothing new to compile)."""
+  train_batch = data.train_batch
+
+  def corrupting_train_batch(split, step, *args):
+    batch = train_batch(split, step, *args)
+    return np.full_like(batch, 10**6) if step == 22 else batch  # the batch of step 23
+
   checked = []
   check_finite = train._check_finite
 
@@ -240,15 +248,33 @@ def test_nan_check_stops_at_the_first_non_finite_step_reading_metrics_at_log_ste
     checked.append((first_step, len(history)))
     return check_finite(first_step, history, manager)
 
+  monkeypatch.setattr(data, 'train_batch', corrupting_train_batch)
   monkeypatch.setattr(train, '_check_finite', recording_check_finite)
-  with pytest.raises(FloatingPointError, match=r"'loss' is nan at step 3; lower "
-                     r'opt.learning_rate.* The last checkpoint, step 2 in \S+, is from '
+  with pytest.raises(FloatingPointError, match=r"'loss' is nan at step 23; lower "
+                     r'opt.learning_rate.* The last checkpoint, step 20 in \S+, is from '
                      r'before it; rerun with the same workdir'):
-    train.train_and_evaluate(config, str(tmp_path))
-  assert checked == [(1, 2), (3, 2)]
-  assert os.listdir(tmp_path / 'checkpoints') == ['2']
-  with ocp.CheckpointManager(tmp_path / 'checkpoints') as manager:
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(manager.restore(2)))
+    train.train_and_evaluate(tiny_config(**FAULTS, check_nans=True), str(tmp_path))
+  assert checked == [(step - 1, 2) for step in range(2, 25, 2)]
+  assert os.listdir(tmp_path / 'checkpoints') == ['20']
+  restored = ocp.StandardCheckpointer().restore(tmp_path / 'checkpoints' / '20' / 'default')
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
+
+
+def test_stop_request_handles_sigterm_once_and_leaves_ignored_signals_alone(request):
+  """One process: SIGTERM is recorded and its previous handler put back (a second one acts
+  at once); SIGINT, ignored as in a background job, stays ignored."""
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  request.addfinalizer(lambda: [signal.signal(s, h) for s, h in previous.items()])
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  with train.StopRequest(0) as signals:
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) == signals._handle
+    assert not signals.stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+    assert signals.stop(2) and signals.signal_name == 'SIGTERM'
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 @pytest.mark.parametrize('kind', ['a file', 'under a file', 'read-only'])
