@@ -337,9 +337,12 @@ def _free_port():
 
 
 # One process of a two-process run: a collective at each step, as a train step has, and
-# the loop's StopRequest. Argv: coordinator address, process id.
+# the loop's StopRequest. Argv: coordinator address, process id. SIGINT acts as in a
+# foreground process, also where the tests run as a background job (which ignores it).
 _TWO_PROCESS_LOOP = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
