@@ -24,7 +24,7 @@ from md4.configs.md4 import shakespeare
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-# What tiny_config changes, as dotted keys (cli passes them to md4/main.py as flags).
+# What tiny_config changes, as dotted keys (cli_args passes them to md4/main.py as flags).
 TINY = {
     'data.data_shape': (32,), 'network.n_layers': 1, 'network.num_heads': 2,
     'network.feature_dim': 8, 'batch_size': 8, 'eval_batch_size': 512,
