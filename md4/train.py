@@ -528,10 +528,13 @@ class StopRequest:
     del frame
     self.signal_name = signal.Signals(signum).name
     self.restore()
-    logging.warning('%s received: stopping after this step to save a checkpoint (send it '
-                    'again to stop at once, without saving).', self.signal_name)
     if self._service:
       signal.raise_signal(signal.SIGTERM)  # to JAX's preemption notifier
+
+  @property
+  def name(self):
+    """The signal received, here or (multi-host) by another process: JAX's service's."""
+    return self.signal_name or 'SIGTERM'
 
   def stop(self, step) -> bool:
     """Whether to stop after `step`; every process gets the same answer."""
@@ -805,6 +808,9 @@ def _train_and_evaluate(config, workdir, mesh, rules):
                              or every(config.sample_every_steps))
         if talk:
           progress.clear()  # log lines below start on a line of their own
+        if stop:
+          logging.warning('%s received: saving a checkpoint at step %d, then stopping (send '
+                          'it again to stop at once).', signals.name, step)
         if every(config.eval_every_steps):
           eval_metrics = evaluate(p_eval_step, state.ema_params, splits, info, config,
                                   mesh, eval_rng)
@@ -833,7 +839,7 @@ def _train_and_evaluate(config, workdir, mesh, rules):
     manager.wait_until_finished()  # a save in flight completes, whatever stopped the loop
     manager.close()
   if stop and step < config.num_train_steps:
-    raise Preempted(signals.signal_name or 'SIGTERM', step, config.num_train_steps,
+    raise Preempted(signals.name, step, config.num_train_steps,
                     f'{manager.directory}/{step}')
   if not eval_metrics and info.eval_splits:
     eval_metrics = evaluate(p_eval_step, state.ema_params, splits, info, config, mesh,
