@@ -6,10 +6,15 @@ r"""Trains and evaluates an MD4 model.
 Multi-host: run the same command on every host with --distributed (JAX then finds the
 coordinator on SLURM, Open MPI, TPU pods, or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
 and JAX_PROCESS_ID), or with --coordinator_address, --num_processes and --process_id.
+
+SIGTERM or SIGINT (Ctrl-C) stops the run after its current step with a checkpoint, and the
+exit status 128 + the signal's number (143, 130); the same command resumes it.
 """
 
 import logging as std_logging
 import os
+import shlex
+import signal
 import sys
 
 # Lets `python md4/main.py` import the package from a plain checkout.
@@ -50,7 +55,14 @@ def main(argv):
   if jax.process_index() != 0:  # process 0 logs; the others only warn
     logging.set_verbosity(logging.WARNING)
   train.warn_without_mimalloc()
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, sharded=_SHARDED.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, sharded=_SHARDED.value)
+  except train.Preempted as e:
+    python = os.path.relpath(sys.executable)
+    command = shlex.join([sys.executable if python.startswith('..') else python] + sys.argv)
+    print(f'{e} To resume, run the same command again (the same --workdir resumes from '
+          f'the latest checkpoint):\n  {command}', file=sys.stderr, flush=True)
+    sys.exit(128 + signal.Signals[e.signal_name])  # as the shell reports a signal
 
 
 if __name__ == '__main__':

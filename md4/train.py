@@ -6,14 +6,20 @@ Data flows config -> (dataset, model, optimizer, mesh) -> `train_step` under `ja
 with `sharded=True` the mesh takes `config.mesh_shape` and parameters, optimizer state and
 activations shard by `config.axis_rules`, which map the networks' logical axis names to mesh
 axes. The batch always splits over data x fsdp. Randomness is a pure function of (seed,
-step), and so is the data, so a run restarted from a checkpoint continues exactly.
+step), and so is the data, so a run restarted from a checkpoint continues exactly: after
+SIGTERM or SIGINT (the loop saves a checkpoint after its current step and stops), after
+SIGKILL (Orbax's saves are atomic), or past a checkpoint that cannot be read (the newest
+readable one is used).
 """
 
 import functools
 import json
 import math
 import os
+import signal
+import sys
 import sysconfig
+import threading
 import time
 from typing import Any
 
@@ -289,28 +295,129 @@ def init_state(optimizer, init_params, shardings, rng):
 
 
 def make_checkpoint_manager(workdir, config):
+  """Orbax's manager of {workdir}/checkpoints, keeping the newest config.keep_checkpoints.
+
+  Saves are atomic: Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it
+  when complete; such a directory left by a process killed mid-save is an unfinished save,
+  not a checkpoint, and is removed when the next manager opens the directory.
+  """
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      item_handlers=ocp.StandardCheckpointHandler(),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                           create=True))
+                                           create=True, cleanup_tmp_directories=True))
+
+
+UNREADABLE_DIR = 'unreadable_checkpoints'  # in the workdir, beside checkpoints/
 
 
 def restore_or_init(manager, optimizer, abstract, shardings, init_params, rng):
-  """The latest checkpoint if there is one, restored onto these shardings; else a fresh state."""
-  step = manager.latest_step()
-  if step is None:
-    return init_state(optimizer, init_params, shardings, rng)
+  """The newest readable checkpoint, restored onto these shardings; else a fresh state.
+
+  A checkpoint whose arrays are not this config's state (another model, network or
+  optimizer) stops the run with a ValueError. One that cannot be read (a truncated or
+  missing file) is reported with its step and error, and the next newest is tried. Once one
+  is read, the unreadable newer ones are moved, whole, to {workdir}/unreadable_checkpoints/
+  (out of Orbax's directory, so that keep_checkpoints never deletes them and a new save of
+  the same step does not meet them); nothing is deleted. When none can be read, nothing is
+  moved and a ValueError lists them.
+  """
   target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
       shardings)
-  logging.info('Restoring checkpoint at step %d from %s', step, manager.directory)
+  unreadable = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    logging.info('Restoring checkpoint at step %d from %s', step, manager.directory)
+    try:
+      state, error = _read_checkpoint(manager, step, abstract, target), None
+    except _Unreadable as e:
+      state, error = None, e.__cause__
+    if not _all_processes(error is None):
+      error = error or RuntimeError('another process could not read it')
+      logging.warning('The checkpoint at step %d in %s cannot be read (%s); trying the '
+                      'previous one.', step, manager.directory, _describe(error))
+      unreadable.append((step, error))
+      continue
+    if unreadable:
+      _move_aside(manager, [s for s, _ in unreadable], step)
+    return state
+  if unreadable:
+    listed = '; '.join(f'step {s}: {_describe(e)}' for s, e in unreadable)
+    raise ValueError(
+        f'no checkpoint in {manager.directory} can be read ({listed}). Nothing was moved or '
+        'deleted; to start afresh, use a new --workdir (or move the checkpoints away).')
+  return init_state(optimizer, init_params, shardings, rng)
+
+
+def _describe(error):
+  """'Type: message' of the innermost cause of `error` (TensorStore's names the file)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return f'{type(error).__name__}: {" ".join(str(error).split())[:500]}'
+
+
+class _Unreadable(Exception):
+  """A checkpoint's files cannot be read; the cause is Orbax's or TensorStore's error."""
+
+
+def _read_checkpoint(manager, step, abstract, target):
+  """The state at `step`; _Unreadable if its files cannot be read, ValueError if its arrays
+  are not those of `abstract` (compared by path, shape and dtype before reading them)."""
   try:
-    return manager.restore(step, args=ocp.args.StandardRestore(target))
-  except ValueError as e:
+    tree = getattr(manager.metadata(step).item_metadata, 'tree', None)
+    if not isinstance(tree, dict):
+      raise FileNotFoundError(f'no array metadata in {manager.directory}/{step}')
+  except Exception as e:
+    raise _Unreadable() from e
+  saved, wanted = _flat_arrays(tree), _flat_arrays(abstract)
+  differing = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+  if differing:
+    show = lambda a: 'absent' if a is None else f'{a[1]}{list(a[0])}'
+    diff = [f'{"/".join(k)} is {show(saved.get(k))} there, {show(wanted.get(k))} here'
+            for k in differing[:4]]
     raise ValueError(
         f'the checkpoint at step {step} in {manager.directory} does not match the state of '
         'this config (a different model, network or optimizer?); resume with the config '
-        f'it was trained with, or use a new --workdir. Orbax said: {str(e)[:2000]}') from e
+        f'it was trained with, or use a new --workdir. {len(differing)} arrays differ, e.g. '
+        f'{"; ".join(diff)}')
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+  except Exception as e:
+    raise _Unreadable() from e
+
+
+def _flat_arrays(tree):
+  """{path as a tuple of strings: (shape, dtype)} for the arrays (or their metadata) of tree."""
+  key = lambda k: str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
+  return {tuple(map(key, path)): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _all_processes(ok: bool) -> bool:
+  """Whether `ok` holds on every process (one all-gather when there are several)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _move_aside(manager, steps, restored):
+  """Moves the step directories `steps` to {workdir}/unreadable_checkpoints/ (process 0)."""
+  if jax.process_index() == 0:
+    aside = os.path.join(os.path.dirname(os.fspath(manager.directory)), UNREADABLE_DIR)
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      dest = os.path.join(aside, str(step))
+      n = 1
+      while os.path.exists(dest):
+        n += 1
+        dest = os.path.join(aside, f'{step}-{n}')
+      os.rename(os.path.join(os.fspath(manager.directory), str(step)), dest)
+      logging.warning('Moved the unreadable checkpoint at step %d to %s (kept for '
+                      'inspection; delete it when done); resuming from step %d.',
+                      step, dest, restored)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('md4: unreadable checkpoints moved')
+  manager.reload()
 
 
 # ------------------------------------------------------------------------ validation
@@ -347,19 +454,218 @@ def validate_config(config, num_devices):
   check(0.0 <= config.opt.ema_rate < 1.0, 'opt.ema_rate must be in [0, 1)')
 
 
+def check_workdir(workdir):
+  """Creates workdir if needed and checks that this process can write in it (and in its
+  checkpoints/ and samples/ when they exist), so that a bad --workdir fails before the
+  data is loaded and anything is compiled."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f'workdir {path} is a file, not a directory; pass a --workdir that is '
+                     'a directory or a path that does not exist yet')
+  probe_name = f'.md4-write-test-{jax.process_index()}-{os.getpid()}'
+  for directory in [path] + [os.path.join(path, d) for d in ('checkpoints', 'samples')
+                             if os.path.isdir(os.path.join(path, d))]:
+    try:
+      os.makedirs(directory, exist_ok=True)
+      probe = os.path.join(directory, probe_name)
+      with open(probe, 'w'):
+        pass
+      os.remove(probe)
+    except OSError as e:
+      raise ValueError(
+          f'cannot write in workdir {path}: {e.strerror or e} ({e.filename or directory}); '
+          'pass a --workdir in a directory you can write, or fix its permissions') from e
+
+
+# ----------------------------------------------------------------- signals and progress
+
+
+class Preempted(Exception):
+  """Training stopped on a signal before its last step, after saving a checkpoint."""
+
+  def __init__(self, signal_name, step, num_steps, directory):
+    super().__init__(
+        f'{signal_name} received: stopped after step {step} of {num_steps} and saved a '
+        f'checkpoint in {directory}.')
+    self.signal_name, self.step = signal_name, step
+
+
+class StopRequest:
+  """SIGTERM and SIGINT as a request to stop after the current step and save a checkpoint.
+
+  With one process, handlers record the signal and `stop(step)` reads that record: no
+  device or network round-trip. The processes of a multi-host run must stop after the same
+  step, or those that go on wait forever in the next step's collectives. There JAX's
+  preemption service (started by jax.distributed.initialize) catches SIGTERM itself and its
+  coordination service picks a step that every process stops after
+  (multihost_utils.reached_preemption_sync_point, called at every step); SIGINT is handed to
+  it as a SIGTERM. Without that service the signals keep their default actions: the run
+  stops at once and resumes from its last periodic checkpoint.
+
+  After the first signal the previous handlers are back, so that a second one acts at once
+  (Ctrl-C twice: stop without saving). A signal the process ignores (SIGINT in a shell's
+  background job) stays ignored. Use as a context manager around the loop.
+  """
+
+  def __init__(self, start_step):
+    self.signal_name = None  # e.g. 'SIGTERM', once received
+    self._previous = {}  # signal -> the handler before ours
+    self._service = jax.process_count() > 1
+    if self._service:
+      try:
+        multihost_utils.reached_preemption_sync_point(start_step)
+      except RuntimeError:  # jax_enable_preemption_service is off
+        logging.warning("JAX's preemption service is off: SIGTERM and SIGINT stop this "
+                        'multi-host run at once, without a checkpoint.')
+        self._service = False
+        return
+    if threading.current_thread() is not threading.main_thread():
+      return  # Python sets signal handlers from the main thread only
+    for signum in (signal.SIGINT,) if self._service else (signal.SIGTERM, signal.SIGINT):
+      if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT in a background job
+        self._previous[signum] = signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+    self.restore()
+    if self._service:
+      signal.raise_signal(signal.SIGTERM)  # to JAX's preemption notifier
+
+  @property
+  def name(self):
+    """The signal received, here or (multi-host) by another process: JAX's service's."""
+    return self.signal_name or 'SIGTERM'
+
+  def stop(self, step) -> bool:
+    """Whether to stop after `step`; every process gets the same answer."""
+    if self._service:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signal_name is not None
+
+  def restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.restore()
+
+
+class ProgressLine:
+  """The terminal's training progress: step, steps per second, ETA and the logged loss.
+
+  On a terminal the line is redrawn in place (a carriage return) at most every
+  `redraw_secs`; otherwise (a log file, a pipe) it is printed as a plain line at log steps,
+  at most every `every_secs`, and at the last step. It reads nothing from the device: the
+  loop passes the loss it has fetched at log steps, where it has waited for the device.
+  Steps per second are measured between such steps (the first and the latest; at the first
+  one, from the return of the first step, after compilation), so they include evals and
+  saves; between log steps only the step count moves, the host's, which may be a few steps
+  ahead of the device's.
+  """
+
+  def __init__(self, num_steps, stream=None, every_secs=30.0, redraw_secs=0.1,
+               clock=time.monotonic):
+    self.num_steps = num_steps
+    self.stream = sys.stdout if stream is None else stream
+    self.tty = self.stream.isatty()
+    self.every_secs, self.redraw_secs, self.clock = every_secs, redraw_secs, clock
+    self.loss = self.rate = None
+    self.first = self.synced = None  # (step, time) of the first step, the first log step
+    self.drawn_at, self.width = -math.inf, 0  # width of the line on screen (tty)
+
+  def update(self, step, loss=None):
+    """After each step; `loss` at log steps."""
+    now = self.clock()
+    if self.first is None:
+      self.first = (step, now)
+    if loss is not None:
+      self.loss = loss
+      origin = self.synced or self.first
+      if step > origin[0]:
+        self.rate = (step - origin[0]) / max(now - origin[1], 1e-9)
+      self.synced = self.synced or (step, now)
+    last = step == self.num_steps
+    if self.tty:
+      if last or loss is not None or now - self.drawn_at >= self.redraw_secs:
+        text = self.text(step)
+        self.stream.write('\r' + text.ljust(self.width) + ('\n' if last else ''))
+        self.width = 0 if last else len(text)
+        self.stream.flush()
+        self.drawn_at = now
+    elif last or (loss is not None and now - self.drawn_at >= self.every_secs):
+      self.stream.write(self.text(step) + '\n')
+      self.stream.flush()
+      self.drawn_at = now
+
+  def text(self, step):
+    parts = [f'step {step}/{self.num_steps}']
+    if self.rate:
+      parts.append(f'{self.rate:.3g} steps/s')
+      if step < self.num_steps:
+        parts.append(f'ETA {_format_secs((self.num_steps - step) / self.rate)}')
+    if self.loss is not None:
+      parts.append(f'loss {self.loss:.4f}')
+    return ' | '.join(parts)
+
+  def close(self):
+    """Ends the line on a terminal, leaving it on screen."""
+    if self.tty and self.width:
+      self.stream.write('\n')
+      self.stream.flush()
+      self.width = 0
+
+  def clear(self):
+    """Erases the line on a terminal, before other output."""
+    if self.tty and self.width:
+      self.stream.write('\r' + ' ' * self.width + '\r')
+      self.stream.flush()
+      self.width = 0
+
+
+def _format_secs(secs):
+  secs = int(round(secs))
+  h, m, s = secs // 3600, secs // 60 % 60, secs % 60
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s' if m else f'{s}s'
+
+
 # ------------------------------------------------------------------------- the loop
 
 
 class JsonlWriter:
-  """Appends one JSON object per logged step to {workdir}/metrics.jsonl."""
+  """Appends one JSON object per logged step to {workdir}/metrics.jsonl.
 
-  def __init__(self, workdir):
+  A run resumed from step `start_step` first drops the records after it (and a line cut
+  short by a killed process): they came from a run that stopped before its next checkpoint,
+  and this one writes them again, so that the file reads as one uninterrupted run.
+  """
+
+  def __init__(self, workdir, start_step=0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        lines = f.read().splitlines()
+      kept = [l for l in lines if (_jsonl_step(l) or math.inf) <= start_step]
+      if kept != lines:
+        with open(self.path + '.tmp', 'w') as f:
+          f.writelines(l + '\n' for l in kept)
+        os.replace(self.path + '.tmp', self.path)
 
   def write(self, step, metrics):
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+
+
+def _jsonl_step(line):
+  try:
+    return int(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def evaluate(eval_fn, params, splits, info, config, mesh, rng):
@@ -424,10 +730,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_and_evaluate(config, workdir, mesh, rules):
   # clu's writers import TensorFlow; only the loop needs them.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
   start_time = time.time()
   validate_config(config, batch_shards(mesh))
+  check_workdir(workdir)
   info, splits = data.load_dataset(config.data)
   data.check_eval_splits(splits, config.eval_batch_size, jax.process_count())
   model = build_model(config, info)
@@ -436,7 +742,6 @@ def _train_and_evaluate(config, workdir, mesh, rules):
   generate = sampling.make_generate_fn(model, config.sampling)
   sample_labels = (images.sample_labels(config.sampling.num_samples, info.num_classes)
                    if info.num_classes else None)
-  os.makedirs(workdir, exist_ok=True)
 
   rng = jax.random.key(config.seed)
   init_rng, train_rng, eval_rng, sample_rng = (
@@ -464,11 +769,10 @@ def _train_and_evaluate(config, workdir, mesh, rules):
 
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  jsonl = JsonlWriter(workdir) if is_main else None
+  jsonl = JsonlWriter(workdir, start_step) if is_main else None
   if is_main and start_step == 0:
     writer.write_hparams(_flatten(config.to_dict()))
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer)
+  progress = ProgressLine(config.num_train_steps) if is_main else None
 
   def batches():
     for step in range(start_step, config.num_train_steps):
@@ -478,38 +782,67 @@ def _train_and_evaluate(config, workdir, mesh, rules):
 
   train_iter = data.prefetch(batches())
   history, eval_metrics = [], {}
-  step = start_step
-  with metric_writers.ensure_flushes(writer):
-    for step in range(start_step + 1, config.num_train_steps + 1):
-      state, metrics = p_train_step(state, next(train_iter), train_rng)
-      history.append(metrics)
-      if config.check_nans:
-        _check_finite(step, metrics)
-      report_progress(step, time.time())
-      last = step == config.num_train_steps
-      record = {}
-      if step % config.log_every_steps == 0 or last:
-        record.update(_mean_metrics(history))
-        record['learning_rate'] = float(lr_fn(step - 1))
-        history = []
-      if step % config.eval_every_steps == 0 or last:
-        eval_metrics = evaluate(p_eval_step, state.ema_params, splits, info, config,
-                                mesh, eval_rng)
-        record.update(eval_metrics)
-      if record:
-        writer.write_scalars(step, record)
-        if jsonl:
-          jsonl.write(step, record)
-      if step % config.sample_every_steps == 0 or last:
-        samples = p_generate(state.ema_params, jax.random.fold_in(sample_rng, step))
-        samples = multihost_utils.process_allgather(samples, tiled=True)
-        if is_main:
-          path = write_samples(workdir, step, np.asarray(samples), info, writer)
-          logging.info('Wrote samples to %s', path)
-      if step % config.checkpoint_every_steps == 0 or last:
-        manager.save(step, args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
-  manager.close()
+  step, stop = start_step, False
+
+  def every(n):  # at this step of the loop
+    return step % n == 0 or step == config.num_train_steps
+
+  try:
+    with metric_writers.ensure_flushes(writer), StopRequest(start_step) as signals:
+      for step in range(start_step + 1, config.num_train_steps + 1):
+        state, metrics = p_train_step(state, next(train_iter), train_rng)
+        history.append(metrics)
+        stop = signals.stop(step)
+        # On a stop, the metrics since the last log step are logged: each step's metrics
+        # are in one record.
+        log = every(config.log_every_steps) or stop
+        save = every(config.checkpoint_every_steps) or stop
+        if config.check_nans and (log or save):
+          # Metrics are read here only, never at each step; no checkpoint holds a state
+          # reached through a non-finite loss or gradient.
+          _check_finite(step + 1 - len(history), history, manager)
+        record = {}
+        if log:
+          record.update(_mean_metrics(history))
+          record['learning_rate'] = float(lr_fn(step - 1))
+          history = []
+        talk = progress and (record or every(config.eval_every_steps)
+                             or every(config.sample_every_steps))
+        if talk:
+          progress.clear()  # log lines below start on a line of their own
+        if stop:
+          logging.warning('%s received: saving a checkpoint at step %d, then stopping (send '
+                          'it again to stop at once).', signals.name, step)
+        if every(config.eval_every_steps):
+          eval_metrics = evaluate(p_eval_step, state.ema_params, splits, info, config,
+                                  mesh, eval_rng)
+          record.update(eval_metrics)
+        if record:
+          writer.write_scalars(step, record)
+          if jsonl:
+            jsonl.write(step, record)
+        if every(config.sample_every_steps):
+          samples = p_generate(state.ema_params, jax.random.fold_in(sample_rng, step))
+          samples = multihost_utils.process_allgather(samples, tiled=True)
+          if is_main:
+            path = write_samples(workdir, step, np.asarray(samples), info, writer)
+            logging.info('Wrote samples to %s', path)
+        if save:
+          manager.save(step, args=ocp.args.StandardSave(state))
+        if progress:
+          if talk and progress.tty:
+            writer.flush()  # the log lines are out before the progress line returns
+          progress.update(step, record.get('loss'))
+        if stop:
+          break
+  finally:
+    if progress:
+      progress.close()
+    manager.wait_until_finished()  # a save in flight completes, whatever stopped the loop
+    manager.close()
+  if stop and step < config.num_train_steps:
+    raise Preempted(signals.name, step, config.num_train_steps,
+                    f'{manager.directory}/{step}')
   if not eval_metrics and info.eval_splits:
     eval_metrics = evaluate(p_eval_step, state.ema_params, splits, info, config, mesh,
                             eval_rng)
@@ -537,9 +870,18 @@ def _mean_metrics(history):
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
-def _check_finite(step, metrics):
-  for name, value in jax.device_get(metrics).items():
-    if not np.isfinite(value):
+def _check_finite(first_step, history, manager):
+  """Raises FloatingPointError at the first non-finite metric of `history`, the metrics of
+  steps first_step, first_step + 1, ..., naming the step, the fix and the last checkpoint."""
+  for step, metrics in enumerate(jax.device_get(history), first_step):
+    bad = sorted((name != 'loss', name) for name, v in metrics.items() if not np.isfinite(v))
+    if bad:
+      name = bad[0][1]
+      manager.wait_until_finished()
+      last = manager.latest_step()
+      where = ('No checkpoint was saved before it.' if last is None else
+               f'The last checkpoint, step {last} in {manager.directory}, is from before it; '
+               'rerun with the same workdir to resume from there.')
       raise FloatingPointError(
-          f'metric {name!r} is {value} at step {step}; lower opt.learning_rate, set '
-          'opt.grad_clip, or check the data')
+          f'metric {name!r} is {metrics[name]} at step {step}; lower opt.learning_rate, set '
+          f'opt.grad_clip, or check the data. {where}')

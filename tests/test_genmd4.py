@@ -88,7 +88,9 @@ def test_network_gradient_is_the_nelbo_gradient():
 
   surrogate, nelbo = grad('loss'), grad('loss_nelbo')
   for a, b in zip(jax.tree.leaves(surrogate['network']), jax.tree.leaves(nelbo['network'])):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    # Two programs (the gradients of 'loss' and of 'loss_nelbo'): float32 summation order
+    # differs; 1e-6 is 2e-6 of the largest gradient (0.5), a leak of the RLOO term far more.
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert np.max(np.abs(surrogate['w_raw'] - nelbo['w_raw'])) > 1e-4
 
 

@@ -138,7 +138,8 @@ def test_loss_is_in_bits_per_dimension_for_any_data_shape():
     model = MD4(network=toys.Oracle(probs), vocab_size=4, data_shape=shape)
     terms[shape] = model.apply({}, x.reshape((4096,) + shape), rngs=rngs)
   for k, v in terms[(32,)].items():
-    np.testing.assert_allclose(terms[(4, 4, 2)][k], v, rtol=1e-6)
+    # Two programs sum the 32 per-dimension terms in different orders: up to 32 ulps.
+    np.testing.assert_allclose(terms[(4, 4, 2)][k], v, rtol=1e-5)
   # The oracle's negative ELBO equals −log2 p(x) per dimension in expectation over t; one t
   # per example, so the batch mean is only close.
   nll_bits = -np.mean(np.log2(np.asarray(probs)[np.asarray(x)]))
@@ -194,10 +195,12 @@ def test_guidance_tilts_the_conditional_by_the_unconditional():
   p_cond = jax.nn.softmax(predict(variables, z, t, label=label))
   p_null = jax.nn.softmax(predict(variables, z, t, label=jnp.full((3,), 3)))
   want = p_cond**(1 + w) / p_null**w  # ∝ p(x|c)·(p(x|c)/p(x))^w
+  # Guided and plain logits come from different programs (float32 summation order; UNet
+  # logits differed by 1.5e-5 on an AMX Xeon), and the guided ratio scales that by 1 + 2w.
   np.testing.assert_allclose(jax.nn.softmax(guided), want / want.sum(-1, keepdims=True),
-                             rtol=1e-4, atol=1e-6)
+                             rtol=1e-3, atol=1e-5)
   np.testing.assert_allclose(jax.nn.softmax(guide(variables, z, t, label, guidance_scale=0.0)),
-                             p_cond, rtol=1e-5, atol=1e-6)
+                             p_cond, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match='guidance_scale'):
     guide(variables, z, t, None, guidance_scale=w)
 

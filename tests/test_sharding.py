@@ -58,8 +58,10 @@ for shape in [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]:
 ref = results[(1, 1, 1)]
 for shape, (loss, grads) in results.items():
   np.testing.assert_allclose(loss, ref[0], rtol=1e-5)
+  # Differently partitioned programs sum in different orders; on CPUs with AMX the config
+  # rounds products' inputs to bfloat16, where such a difference can flip a rounding.
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 print('OK')
 '''
 
@@ -183,8 +185,10 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
   single = train.train_and_evaluate(_config(), str(tmp_path / 'one'))
   two = _final_eval(outs[0][0])
   assert {k: v for k, v in single.items() if k in two} == pytest.approx(two, rel=1e-4)
+  # Two programs: on CPUs with AMX, Muon's bfloat16 Newton-Schulz products can round
+  # differently, moving an update element (~1e-4 in these first steps) by about 1%.
   for a, b in zip(_restore_params(tmp_path / 'two', 3), _restore_params(tmp_path / 'one', 3)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
 
 
 def test_axis_rules_must_name_mesh_axes():

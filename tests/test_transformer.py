@@ -216,7 +216,9 @@ def _stacked(params):
 
 def _assert_close(tree_a, tree_b):
   for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # Two programs: XLA's fusions (and the CPU's vector width) change float32 summation
+    # order; 1e-5 is 7e-5 of the largest gradient here (0.15).
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_remat_and_scan_compute_the_same_function():
@@ -288,7 +290,8 @@ def test_accelerator_layout_computes_the_same_function(monkeypatch):
   variables = {'params': _perturbed(_init(_net())['params'])}
   cpu = _net().apply(variables, z, t)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
-  np.testing.assert_allclose(_net().apply(variables, z, t), cpu, rtol=1e-5, atol=1e-6)
+  # Two programs: float32 summation order differs; logits here reach 1.3.
+  np.testing.assert_allclose(_net().apply(variables, z, t), cpu, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('key,value', [('dtype', 'float16'), ('matmul_dtype', 'int8'),
