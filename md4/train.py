@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from md4 import configs
 from md4 import data
 from md4.data import images
 from md4 import models
@@ -435,6 +436,8 @@ def _train_and_evaluate(config, workdir, mesh, rules):
   sample_labels = (images.sample_labels(config.sampling.num_samples, info.num_classes)
                    if info.num_classes else None)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    configs.save(config, workdir)  # tools rebuild the model from it (md4.configs.load)
 
   rng = jax.random.key(config.seed)
   init_rng, train_rng, eval_rng, sample_rng = (

@@ -183,8 +183,9 @@ def rotary(x, positions):
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def einsum_attention(q, k, v):
-  """Bidirectional attention softmax(q·kᵀ/√K)·v (Vaswani et al., 2017, eq. 1), [B, L, H, K].
+def einsum_attention(q, k, v, causal=False):
+  """Attention softmax(q·kᵀ/√K)·v (Vaswani et al., 2017, eq. 1), [B, L, H, K]; bidirectional,
+  or with causal, position l attending only to positions m ≤ l.
 
   Two products in [B, H, L, K] layout, with the softmax's normalisation applied after the
   second: softmax(s)·v = (exp(s − max s)·v) / Σ exp(s − max s), so that the division acts
@@ -195,6 +196,8 @@ def einsum_attention(q, k, v):
   scale = q.shape[-1]**-0.5
   q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, L, K]
   s = jnp.einsum('bhlk,bhmk->bhlm', q * scale, k, preferred_element_type=jnp.float32)
+  if causal:
+    s = jnp.where(jnp.tril(jnp.ones(s.shape[-2:], bool)), s, -jnp.inf)
   # The subtracted maximum cancels in the ratio, so no gradient flows through it.
   e = jnp.exp(s - jax.lax.stop_gradient(s.max(axis=-1, keepdims=True)))
   y = jnp.einsum('bhlm,bhmk->bhlk', e.astype(v.dtype), v, preferred_element_type=jnp.float32)
@@ -244,6 +247,7 @@ class Block(nn.Module):
   canon_positions: tuple[str, ...] = ()
   mlp_dim: int = 0  # F, the MLP's gate and up width (0: 8D/3 rounded up to MLP_MULTIPLE)
   qk_norm: bool = False  # RMSNorm on each head's queries and keys (before rotary)
+  causal: bool = False  # position l attends only to positions <= l
 
   def canon(self, position, h):
     """h through a Canon layer if one sits at `position` (a CANON_POSITIONS key)."""
@@ -290,9 +294,9 @@ class Block(nn.Module):
       impl = {'gpu': 'cudnn' if self.dtype == jnp.bfloat16 else 'xla',
               'cpu': 'einsum'}.get(jax.default_backend(), 'xla')
     if impl == 'einsum':
-      y = einsum_attention(q, kk, v)
-    else:  # bidirectional: no mask
-      y = jax.nn.dot_product_attention(q, kk, v, implementation=impl)
+      y = einsum_attention(q, kk, v, self.causal)
+    else:
+      y = jax.nn.dot_product_attention(q, kk, v, is_causal=self.causal, implementation=impl)
     y = dense(d, ('heads', 'embed'), std=self.out_std, name='attn_out')(
         y.reshape(b, l, h * k))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -350,6 +354,8 @@ class Transformer(nn.Module):
   # with RMSNorm as in OLMo 2): each head's queries and keys RMS-normalised over K, with a
   # learned scale of K shared by the heads, before the rotary embedding.
   qk_norm: bool = False
+  # Causal attention (position l sees positions <= l): the autoregressive baseline's network.
+  causal: bool = False
 
   def __post_init__(self):
     if self.mlp_dim < 0:
@@ -400,7 +406,7 @@ class Transformer(nn.Module):
     block_args = (self.num_heads, self.feature_dim, self.mlp_type, self.cond_type,
                   self.dropout_rate, out_std, dtype, self.attention_impl, matmul_dtype,
                   self.canon_width, tuple(self.canon_positions), self.mlp_dim,
-                  self.qk_norm)
+                  self.qk_norm, self.causal)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
