@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 from ml_collections import config_dict
+from ml_collections import config_flags
 
 CONFIG_FILE = 'config.json'
 _TUPLE, _PLACEHOLDER = '__tuple__', '__placeholder__'
@@ -65,3 +66,18 @@ def load(workdir: str) -> ml_collections.ConfigDict:
         f' {CONFIG_FILE} there when it starts)')
   with open(path) as f:
     return _decode(json.load(f))
+
+
+def define_saved_config_flag(argv, workdir_flag: str = 'workdir'):
+  """Defines --config as the saved config of the run in --workdir, so that
+  --config.KEY=VALUE overrides its keys as in md4/main.py; returns the flag's holder.
+
+  Reads --workdir from argv first (its flag must be defined); without it --config is empty.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS(argv, known_only=True)
+  workdir = flags.FLAGS[workdir_flag].value
+  flags.FLAGS.unparse_flags()
+  config = load(workdir) if workdir else ml_collections.ConfigDict()
+  return config_flags.DEFINE_config_dict(
+      'config', config, "The run's saved config; --config.KEY=VALUE overrides a key.")
