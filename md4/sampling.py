@@ -11,18 +11,18 @@ The reverse step of the paper maps z_t to z_s for s < t given μθ(z_t, t) and t
 chance u(v) = P(a masked token becomes v | it is v under μθ) between t and s (MD4:
 (α_s − α_t)/(1 − α_t) for every v). The samplers (`SAMPLERS`):
 
-  ancestral      T steps of q(z_s | z_t, x = μθ) (paper, eq. 6 / App. F): exact for the
-                 T-step model. The last step (s = 0) takes α_0 as 1 and draws every mask
+  ancestral      T steps of the paper's reverse step q(z_s | z_t, x = μθ): exact for the
+                 model discretised to T steps. The last step (s = 0) takes α_0 as 1 and draws every mask
                  left from μθ (the schedule's α(0) = 1 − ε would leave each mask with chance
                  ε/(1 − α_t), for a reconstruction that the ELBO makes uniform).
   topp           ancestral with μθ cut to its top-p nucleus (Holtzman et al., 2020).
   mean           the two-stage step of the paper's App. G: x̂ ~ μθ, revealed w.p. u(x̂).
   first_hitting  one token per network call at the time it is revealed (Zheng et al., 2024,
-                 arXiv:2409.02908, Alg. 1): the exact continuous-time reverse process.
+                 arXiv:2409.02908): the exact continuous-time reverse process.
   confidence     MaskGIT / LLaDA parallel decoding: T steps, each revealing the masked
                  positions whose drawn tokens are the most likely: a heuristic, not the
                  model's distribution.
-  remdm          ReMDM-cap remasking (Wang et al., 2025, arXiv:2503.00307, eq. 4): T steps
+  remdm          ReMDM-cap remasking (Wang et al., 2025, arXiv:2503.00307): T steps
                  that also remask revealed tokens w.p. σ_t = min(η, (1 − α_s)/α_t) while
                  keeping the forward marginals of q.
 
@@ -70,7 +70,7 @@ def gumbel_from_bits(bits, fine):
   (jax.random.gumbel's): U < 1 − 2^-23, so the noise never exceeds 15.9 and a token whose
   log-probability is more than about 16 below the winner's can never be drawn; the tail
   of the categorical is under-sampled and the effective temperature lowered (Zheng et al.,
-  2024, arXiv:2409.02908, Sec. 4). fine=True builds the exponential E = −log U from a
+  2024, arXiv:2409.02908). fine=True builds the exponential E = −log U from a
   uniform Y resolved to float32's relative precision down to 2^-66 (`_uniform_from_bits`):
   one bit picks U = Y (E large) or U = 1 − Y (E = −log1p(−Y), small), so both tails of the
   noise are resolved beyond what a float64 uniform (2^-53) gives; the noise reaches 45.
@@ -309,7 +309,7 @@ def _reverse_step_sampler(name):
 
 
 def remdm_step(rng, z, log_mu, alpha_s, alpha_t, eta, mask_id, *, todo=True, fine=False):
-  """The ReMDM reverse step (Wang et al., 2025, arXiv:2503.00307, eq. 4), σ_t of ReMDM-cap.
+  """The ReMDM reverse step (Wang et al., 2025, arXiv:2503.00307) with ReMDM-cap's σ_t.
 
   With σ_t = min(η, σ_max), σ_max = (1 − α_s)/α_t, a revealed token of `todo` is remasked
   w.p. σ_t and a masked one becomes x ~ μθ w.p. (α_s − (1 − σ_t)·α_t)/(1 − α_t), so that
@@ -342,7 +342,7 @@ def remdm(net, rng, z, todo, options):
 
 
 def first_hitting(net, rng, z, todo, options):
-  """One token per network call, at the time it is revealed (Zheng et al., 2024, Alg. 1).
+  """One token per network call, at the time it is revealed (Zheng et al., 2024).
 
   With m masked positions at time t, each unmasks at an independent time of CDF
   (1 − α(r))/(1 − α(t)) on [0, t], so the next one is revealed at r with
@@ -386,7 +386,7 @@ def first_hitting(net, rng, z, todo, options):
 
 def confidence(net, rng, z, todo, options):
   """Confidence-based parallel decoding (MaskGIT: Chang et al., 2022; LLaDA's low-confidence
-  remasking: Nie et al., 2025, Alg. 5).
+  remasking: Nie et al., 2025).
 
   Step i of T draws x̂ ~ μθ at every masked position and reveals the k_i whose x̂ is most
   likely (log μθ(x̂), plus confidence_noise·(1 − (i+1)/T)·Gumbel as MaskGIT's annealed

@@ -15,8 +15,13 @@ from md4 import data
 from md4 import inference
 from md4 import judges
 from md4 import train
+from md4.configs import base
 from md4.configs.ar import as_ar
+from md4.data import images
+from md4.data import text
+from md4.models import MD4
 from test_train import tiny_config
+import toys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(p for p in (ROOT / 'md4' / 'configs').glob('*/*.py')
@@ -137,3 +142,43 @@ def test_score_chunks_long_texts_and_entropy_counts_tokens():
   assert list(tokens) == [7, 2] and list(nll) == [7.0, 2.0]
   assert judges.unigram_entropy([1, 1, 2, 2]) == pytest.approx(math.log(2))
   assert judges.unigram_entropy([5, 5, 5]) == 0.0
+
+
+def test_zero_shot_evaluation_on_other_prepared_text(tmp_path):
+  """A GPT-2-token run evaluated on another folder of text prepared the same way."""
+  from test_openwebtext import prepare, tiny  # pylint: disable=g-import-not-at-top
+  works = sorted(f for fs in text.shakespeare_works().values() for f in fs)
+  for name, chosen in (('mine', works[:4]), ('other', works[4:8])):
+    (tmp_path / name).mkdir()
+    for f in chosen:
+      (tmp_path / name / f.name).write_text(f.read_text('utf-8')[:4000])
+    prepare(tmp_path / name, tmp_path / f'{name}_data', seq_len=64, eval_fraction=0.25,
+            num_workers=1)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny('md4.configs.md4.openwebtext', tmp_path / 'mine_data'),
+                           workdir)
+  own = inference.load_run(workdir)
+  config = configs.load(workdir)
+  config.data.data_dir = str(tmp_path / 'other_data')
+  other = inference.load_run(workdir, config)
+  mine, theirs = (inference.evaluate_elbo(r, ['valid'])['valid'] for r in (own, other))
+  assert mine['loss'] != theirs['loss'] and np.isfinite(theirs['loss'])
+  printed = inference.format_elbo(other, {'valid': theirs})
+  assert f'perplexity {2.0**theirs["loss"]:.2f}' in printed
+
+
+def test_images_are_sampled_to_a_png_grid(tmp_path):
+  model = MD4(network=toys.Oracle((0.6, 0.3, 0.1)), vocab_size=3, data_shape=(4, 4, 1))
+  info = data.DatasetInfo(3, (4, 4, 1), lambda x: images.to_pixels(x, 3), ())
+  config = base.get_config()
+  config.sampling.timesteps = 4
+  run = inference.Run('w', config, info, {}, model, {}, 0, 'ema', train.make_mesh(),
+                      train.DATA_PARALLEL_RULES)
+  out = inference.draw_samples(run, config.sampling, 4, batch_size=2)
+  assert out.tokens.shape == (4, 4, 4, 1) and list(out.nfe) == [4] * 4
+  path = inference.write_samples(str(tmp_path / 'grid.png'), out.tokens, info)
+  assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  with pytest.raises(ValueError, match='sequences'):
+    inference.draw_samples(run, run.config.sampling, 2, length=8)
+  with pytest.raises(ValueError, match='class-conditional'):
+    inference.draw_samples(run, run.config.sampling, 2, label=1)
