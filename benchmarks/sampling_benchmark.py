@@ -30,20 +30,23 @@ import jax
 from md4 import inference
 from md4 import judges
 
-# Variant -> (sampler, config.sampling overrides, reverse steps for an NFE budget n and
-# length L (None: the sampler sets its own count), the budgets it runs at (None: all)).
+# Variant -> (sampler, config.sampling overrides for length L, reverse steps for an NFE
+# budget n (None: the sampler sets its own count), the budgets it runs at (None: all)).
 VARIANTS = {
-    'ancestral': ('ancestral', {}, lambda n, L: n, None),
-    'ancestral_float32': ('ancestral', {'float64_draws': False}, lambda n, L: n, None),
-    'topp': ('topp', {}, lambda n, L: n, None),
-    'mean': ('mean', {}, lambda n, L: n, None),
-    'confidence': ('confidence', {}, lambda n, L: n, None),
-    'confidence_noise': ('confidence', {'confidence_noise': 2.0}, lambda n, L: n, None),
-    'remdm': ('remdm', {}, lambda n, L: n, None),
-    'blocks_64': ('ancestral', {'block_size': 64}, lambda n, L: n * 64 // L, None),
+    'ancestral': ('ancestral', lambda L: {}, lambda n, L: n, None),
+    'ancestral_float32': ('ancestral', lambda L: {'float64_draws': False}, lambda n, L: n,
+                          None),
+    'topp': ('topp', lambda L: {}, lambda n, L: n, None),
+    'mean': ('mean', lambda L: {}, lambda n, L: n, None),
+    'confidence': ('confidence', lambda L: {}, lambda n, L: n, None),
+    'confidence_noise': ('confidence', lambda L: {'confidence_noise': 2.0}, lambda n, L: n,
+                         None),
+    'remdm': ('remdm', lambda L: {}, lambda n, L: n, None),
+    # Four blocks, each of n/4 steps.
+    'blocks_4': ('ancestral', lambda L: {'block_size': L // 4}, lambda n, L: n // 4, None),
     # Four times the steps, for the NFE a network call is skipped on when nothing changed.
-    'ancestral_cache': ('ancestral', {'cache': True}, lambda n, L: 4 * n, None),
-    'first_hitting': ('first_hitting', {}, None, lambda L: (L,)),  # one call per token
+    'ancestral_cache': ('ancestral', lambda L: {'cache': True}, lambda n, L: 4 * n, None),
+    'first_hitting': ('first_hitting', lambda L: {}, None, lambda L: (L,)),  # a call a token
 }
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run to sample from.')
@@ -106,7 +109,7 @@ def main(argv):
       config.sampler = sampler
       if steps_of:
         config.timesteps = steps_of(budget, length)
-      for key, value in overrides.items():
+      for key, value in overrides(length).items():
         config[key] = value
       begin = time.time()
       out = inference.draw_samples(run, config, _NUM.value, _BATCH.value, seed=_SEED.value)

@@ -174,7 +174,7 @@ def format_elbo(run: Run, results) -> str:
   lines = [f'{run.workdir}: checkpoint at step {run.step}, {run.which_params.upper()}'
            f' parameters; {what} in {unit}']
   for name, r in results.items():
-    error = '' if r['stderr'] is None else f' ± {r["stderr"]:.4f}'
+    error = '' if r['stderr'] is None or not r['draws'] else f' ± {r["stderr"]:.4f}'
     draws = 'exact' if r['draws'] == 0 else f'{r["draws"]} draws of t and masks each'
     line = f'  {name}: {r["loss"]:.4f}{error} ({r["examples"]} examples, {draws})'
     if uses_gpt2_tokens(run.config):
