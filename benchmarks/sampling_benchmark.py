@@ -13,6 +13,7 @@ Rows are appended to --results as they finish, so a long table can be run in pie
 row already there is not run again) and printed with --print_only.
 """
 
+import ast
 import copy
 import json
 import os
@@ -53,6 +54,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The run to sample from.')
 _JUDGE = flags.DEFINE_string('judge', None, 'An autoregressive run, or gpt2:NAME_OR_FOLDER.')
 _NFE = flags.DEFINE_list('nfe', ['16', '32', '64', '128', '256'], 'NFE budgets.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), f'Of {list(VARIANTS)}.')
+_SET = flags.DEFINE_list('set', [], 'config.sampling overrides KEY=VALUE for every variant'
+                        ' (e.g. temperature=0.9); the table names them.')
 _NUM = flags.DEFINE_integer('num_samples', 64, 'Samples per cell.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Samples drawn at once.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of every cell.')
@@ -73,10 +76,10 @@ def machine() -> str:
 
 
 def print_table(rows):
-  print(f'{"variant":<18} {"steps":>5} {"NFE":>6} {"gen PPL":>8} {"± %":>5} '
+  print(f'{"variant":<32} {"steps":>5} {"NFE":>6} {"gen PPL":>8} {"± %":>5} '
         f'{"entropy":>7} {"±":>6} {"s/sample":>8}')
   for r in sorted(rows, key=lambda r: (r['budget'], r['variant'])):
-    print(f'{r["variant"]:<18} {r["steps"] or "-":>5} {r["nfe"]:>6.1f} {r["gen_ppl"]:>8.3f} '
+    print(f'{r["variant"]:<32} {r["steps"] or "-":>5} {r["nfe"]:>6.1f} {r["gen_ppl"]:>8.3f} '
           f'{100 * r["log_gen_ppl_stderr"]:>5.1f} {r["entropy"]:>7.4f} '
           f'{r["entropy_stderr"]:>6.4f} {r["seconds_per_sample"]:>8.3f}')
 
@@ -99,8 +102,16 @@ def main(argv):
   print(f'{_WORKDIR.value} (step {run.step}, EMA), judge {judge.name}; {_NUM.value} samples'
         f' of {length} per cell; {machine()}', flush=True)
   done = {(r['workdir'], r['variant'], r['budget']) for r in rows}
-  for name in _VARIANTS.value:
-    sampler, overrides, steps_of, budgets_of = VARIANTS[name]
+  extra = {}
+  for item in _SET.value:
+    key, _, value = item.partition('=')
+    try:
+      extra[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      extra[key] = value
+  for variant in _VARIANTS.value:
+    sampler, overrides, steps_of, budgets_of = VARIANTS[variant]
+    name = f'{variant} {" ".join(_SET.value)}'.strip()
     budgets = budgets_of(length) if budgets_of else [int(n) for n in _NFE.value]
     for budget in budgets:
       if (_WORKDIR.value, name, budget) in done:
@@ -109,7 +120,7 @@ def main(argv):
       config.sampler = sampler
       if steps_of:
         config.timesteps = steps_of(budget, length)
-      for key, value in overrides(length).items():
+      for key, value in {**overrides(length), **extra}.items():
         config[key] = value
       begin = time.time()
       out = inference.draw_samples(run, config, _NUM.value, _BATCH.value, seed=_SEED.value)
