@@ -34,6 +34,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from md4 import configs
 from md4 import data
 from md4.data import images
 from md4 import models
@@ -311,8 +312,10 @@ def make_checkpoint_manager(workdir, config):
 UNREADABLE_DIR = 'unreadable_checkpoints'  # in the workdir, beside checkpoints/
 
 
-def restore_or_init(manager, optimizer, abstract, shardings, init_params, rng):
-  """The newest readable checkpoint, restored onto these shardings; else a fresh state.
+def restore_or_init(manager, optimizer, abstract, shardings, init_params, rng,
+                    steps=None):
+  """The newest readable checkpoint (among `steps`; None: all the manager's), restored
+  onto these shardings; else a fresh state.
 
   A checkpoint whose arrays are not this config's state (another model, network or
   optimizer) stops the run with a ValueError. One that cannot be read (a truncated or
@@ -326,7 +329,7 @@ def restore_or_init(manager, optimizer, abstract, shardings, init_params, rng):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
       shardings)
   unreadable = []
-  for step in sorted(manager.all_steps(), reverse=True):
+  for step in sorted(manager.all_steps() if steps is None else steps, reverse=True):
     logging.info('Restoring checkpoint at step %d from %s', step, manager.directory)
     try:
       state, error = _read_checkpoint(manager, step, abstract, target), None
@@ -742,6 +745,8 @@ def _train_and_evaluate(config, workdir, mesh, rules):
   generate = sampling.make_generate_fn(model, config.sampling)
   sample_labels = (images.sample_labels(config.sampling.num_samples, info.num_classes)
                    if info.num_classes else None)
+  if jax.process_index() == 0:
+    configs.save(config, workdir)  # tools rebuild the model from it (md4.configs.load)
 
   rng = jax.random.key(config.seed)
   init_rng, train_rng, eval_rng, sample_rng = (

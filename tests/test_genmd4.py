@@ -239,7 +239,7 @@ def test_reverse_step_probabilities(s, t):
   np.testing.assert_allclose(1 - p_tokens.sum(), want[-1], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('sampler', sorted(sampling.SAMPLERS))
+@pytest.mark.parametrize('sampler', sorted(sampling.STEPS))
 def test_every_sampler_takes_the_genmd4_step(sampler):
   """Empirical frequencies of one step from z_t = m (top-p at p = 1 keeps all of μ)."""
   model, params = _reverse_model(toys.Oracle(tuple(PROBS)))
@@ -248,7 +248,7 @@ def test_every_sampler_takes_the_genmd4_step(sampler):
   logits = jnp.broadcast_to(jnp.log(jnp.asarray(PROBS, jnp.float32)), (n, 1, v))
   u = model.apply({'params': params}, jnp.full((n,), s), jnp.full((n,), t),
                   method=model.unmask_prob)
-  out = np.asarray(sampling.SAMPLERS[sampler](
+  out = np.asarray(sampling.STEPS[sampler](
       jax.random.key(1), jnp.full((n, 1), v), logits, u, v, 1.0))
   freq = np.bincount(out[:, 0], minlength=v + 1) / n
   want = _brute_force_step(s, t)

@@ -1,7 +1,9 @@
-"""Samplers against exact step probabilities and hand-made predictors."""
+"""Samplers against exact distributions, hand-made predictors and each other."""
 
+import itertools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,44 +17,323 @@ import toys
 V, L = 4, 6
 
 
-def _model(network=None, schedule='linear'):
+class TimelessNet(nn.Module):
+  """ToyNet without t: a network that ignores the time, as with time_features='none'."""
+  vocab_size: int
+
+  @nn.compact
+  def __call__(self, z, t, train=False):
+    del t
+    emb = nn.Embed(self.vocab_size + 1, 8, embedding_init=nn.initializers.normal(1.0))(z)
+    h = emb + emb.mean(axis=1, keepdims=True)
+    return nn.Dense(self.vocab_size, kernel_init=nn.initializers.normal(1.0))(jnp.tanh(h))
+
+
+class FixedLength(nn.Module):
+  """Uniform predictions that refuse any input length but `length` (the window check)."""
+  vocab_size: int
+  length: int
+
+  @nn.compact
+  def __call__(self, z, t, train=False):
+    assert z.shape[1] == self.length, z.shape
+    return jnp.zeros(z.shape + (self.vocab_size,))
+
+
+def _model(network=None, schedule='linear', shape=(L,)):
   network = network or toys.ToyNet(V)
-  return MD4(network=network, vocab_size=V, data_shape=(L,), noise_schedule=schedule)
+  return MD4(network=network, vocab_size=V, data_shape=shape, noise_schedule=schedule)
 
 
 def _config(**kw):
-  base = dict(sampler='ancestral', sampling_grid='uniform', timesteps=8, topp=0.9,
-              num_samples=4, guidance_scale=0.0)
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return ml_collections.ConfigDict(
+      {'sampler': 'ancestral', 'sampling_grid': 'uniform', 'timesteps': 8, **kw})
 
 
-@pytest.mark.parametrize('sampler', sorted(sampling.SAMPLERS))
-@pytest.mark.parametrize('grid', sorted(sampling.GRIDS))
-def test_every_sampler_leaves_no_mask(sampler, grid):
+def _sample(model, params, z, seed=0, **kw):
+  fn = jax.jit(sampling.make_sampler(model, _config(**kw)))
+  out, nfe = fn(params, jax.random.key(seed), z)
+  return np.asarray(out), np.asarray(nfe)
+
+
+def _partly_given(batch=6, length=L, seed=3):
+  """[B, L]: about half the positions given (tokens < V), the rest masked."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, V, (batch, length))
+  return jnp.asarray(np.where(rng.random((batch, length)) < 0.5, tokens, V))
+
+
+VARIANTS = [(name, {}) for name in sorted(sampling.SAMPLERS)] + [
+    ('ancestral', {'cache': True}), ('mean', {'block_size': 4}),
+    ('confidence', {'block_size': 2, 'confidence_noise': 1.0}),
+    ('first_hitting', {'block_size': 3}), ('remdm', {'remdm_eta': 0.5}),
+    ('ancestral', {'temperature': 0.7, 'topk': 2, 'float64_draws': False})]
+
+
+@pytest.mark.parametrize('sampler,extra', VARIANTS)
+def test_every_sampler_leaves_no_mask_and_keeps_given_tokens(sampler, extra):
   model = _model()
   params = toys.init(model, jnp.zeros((1, L), jnp.int32))
-  generate = jax.jit(sampling.make_generate_fn(
-      model, _config(sampler=sampler, sampling_grid=grid, timesteps=5)))
-  z = jnp.full((16, L), V)
-  out = generate(params, jax.random.key(0), z)
-  assert out.shape == (16, L)
-  assert int(jnp.max(out)) < V and int(jnp.min(out)) >= 0
+  z = _partly_given()
+  out, nfe = _sample(model, params, z, sampler=sampler, timesteps=5, **extra)
+  given = np.asarray(z) != V
+  assert out.shape == z.shape and out.min() >= 0 and out.max() < V
+  np.testing.assert_array_equal(out[given], np.asarray(z)[given])
+  assert nfe.shape == (z.shape[0],) and nfe.min() >= 1
+  if sampler == 'first_hitting':  # one call per token to fill
+    np.testing.assert_array_equal(nfe, (~given).sum(1))
 
 
-@pytest.mark.parametrize('sampler', sorted(sampling.SAMPLERS))
-def test_one_step_distribution_is_exact(sampler):
+def test_nfe_of_the_fixed_step_samplers():
+  model = _model()
+  params = toys.init(model, jnp.zeros((1, L), jnp.int32))
+  z = jnp.full((3, 12), V)
+  model = _model(shape=(12,))
+  assert list(_sample(model, params, z, timesteps=7)[1]) == [7] * 3
+  assert list(_sample(model, params, z, sampler='confidence', timesteps=7)[1]) == [7] * 3
+  assert list(_sample(model, params, z, timesteps=5, block_size=4)[1]) == [15] * 3
+
+
+def test_caching_gives_the_uncached_samples_for_a_time_agnostic_network():
+  """Same key, same samples; fewer network calls when steps outnumber the masks."""
+  model = _model(TimelessNet(V))
+  params = toys.init(model, jnp.zeros((1, L), jnp.int32))
+  z = jnp.full((8, L), V)
+  for sampler in ('ancestral', 'mean'):
+    plain, nfe = _sample(model, params, z, sampler=sampler, timesteps=24)
+    cached, nfe_cached = _sample(model, params, z, sampler=sampler, timesteps=24,
+                                 cache=True)
+    np.testing.assert_array_equal(cached, plain)
+    assert list(nfe) == [24] * 8
+    # The first call, then one after each step that revealed something.
+    assert nfe_cached.max() <= L + 1
+    assert nfe_cached.min() >= 1
+
+
+def _exact_any_order_distribution(model, params, length, vocab):
+  """p(x) = (1/L!) Σ_σ Π_k μθ(x_σk | x_σ<k revealed): the model's law for a network that
+  ignores t, by enumerating every sequence and every reveal order."""
+  apply = jax.jit(lambda z: jax.nn.softmax(model.apply(
+      {'params': params}, z, jnp.zeros((z.shape[0],)), method=model.predict_logits)))
+  states = list(itertools.product(range(vocab + 1), repeat=length))
+  mu = dict(zip(states, np.asarray(apply(jnp.asarray(states)), np.float64)))
+  probs = {}
+  for x in itertools.product(range(vocab), repeat=length):
+    total = 0.0
+    for order in itertools.permutations(range(length)):
+      z, p = [vocab] * length, 1.0
+      for pos in order:
+        p *= mu[tuple(z)][pos, x[pos]]
+        z[pos] = x[pos]
+      total += p
+    probs[x] = total / math.factorial(length)
+  return probs
+
+
+def test_first_hitting_matches_the_exact_distribution_of_a_tiny_model():
+  length, vocab, n = 3, 2, 40_000
+  model = MD4(network=TimelessNet(vocab), vocab_size=vocab, data_shape=(length,))
+  params = toys.init(model, jnp.zeros((1, length), jnp.int32), seed=2)
+  exact = _exact_any_order_distribution(model, params, length, vocab)
+  assert abs(sum(exact.values()) - 1) < 1e-6
+  out, nfe = _sample(model, params, jnp.full((n, length), vocab), sampler='first_hitting')
+  assert (nfe == length).all()
+  codes = out @ (vocab ** np.arange(length)[::-1])
+  freq = np.bincount(codes, minlength=vocab**length) / n
+  want = np.array([exact[x] for x in itertools.product(range(vocab), repeat=length)])
+  stderr = np.sqrt(want * (1 - want) / n)
+  assert np.all(np.abs(freq - want) < 5 * stderr), (freq, want)
+  # The distribution is far from uniform, so the check has power.
+  assert np.abs(want - 1 / len(want)).max() > 20 * stderr.max()
+
+
+def test_first_hitting_times_follow_the_schedule():
+  """From m masks at t = 1, the first reveal time r has P(r ≤ x) = ((1 − α(x))/(1 − α(1)))^m;
+  a network that outputs t as its logit records the time each token was revealed at."""
+
+  class TimeAsToken(nn.Module):
+    @nn.compact
+    def __call__(self, z, t, train=False):
+      bins = jnp.floor(t * 10).astype(jnp.int32)  # [B] in 0..9
+      return jnp.broadcast_to(jnp.where(jnp.arange(10) == bins[:, None, None], 0.0, -1e9),
+                              z.shape + (10,))
+
+  m, n = 4, 20_000
+  model = MD4(network=TimeAsToken(), vocab_size=10, data_shape=(m,))
+  out, _ = _sample(model, {}, jnp.full((n, m), 10), sampler='first_hitting',
+                   float64_draws=False)
+  first = out.max(axis=1)  # the first reveal has the largest time
+  alpha = model.schedule.alpha
+  edges = np.arange(11) / 10
+  cdf = ((1 - np.asarray(alpha(edges))) / (1 - float(alpha(1.0))))**m
+  want = np.diff(cdf)
+  freq = np.bincount(first, minlength=10) / n
+  assert np.all(np.abs(freq - want) < 5 * np.sqrt(want * (1 - want) / n) + 1e-3), (freq, want)
+
+
+class CountingOracle(nn.Module):
+  """Predicts the token (number of masks in z) mod V everywhere, all but surely (logit gap
+  10 + j at position j), and more surely the larger j, so confidence ranks positions by j."""
+  vocab_size: int
+
+  @nn.compact
+  def __call__(self, z, t, train=False):
+    masks = jnp.sum(z == self.vocab_size, axis=1)  # [B]
+    target = (masks % self.vocab_size)[:, None, None]
+    gap = 10.0 + jnp.arange(z.shape[1], dtype=jnp.float32)[None, :, None]
+    return jnp.where(jnp.arange(self.vocab_size) == target, gap, 0.0)
+
+
+def test_confidence_reveals_the_most_confident_positions_on_the_grid_schedule():
+  """6 masks, 2 uniform steps: step 1 (6 masks, token 6 mod 4 = 2) reveals the 3 most
+  confident positions 3, 4, 5; step 2 (3 masks, token 3) the rest."""
+  model = _model(CountingOracle(V))
+  out, nfe = _sample(model, {}, jnp.full((2, L), V), sampler='confidence', timesteps=2)
+  np.testing.assert_array_equal(out, [[3, 3, 3, 2, 2, 2]] * 2)
+  assert list(nfe) == [2, 2]
+
+
+def test_remdm_without_remasking_is_the_ancestral_sampler():
+  model = _model()
+  params = toys.init(model, jnp.zeros((1, L), jnp.int32))
+  z = _partly_given()
+  ancestral, _ = _sample(model, params, z, timesteps=6)
+  remdm, _ = _sample(model, params, z, sampler='remdm', timesteps=6, remdm_eta=0.0)
+  np.testing.assert_array_equal(remdm, ancestral)
+
+
+def test_remdm_step_keeps_the_forward_marginal():
+  """From z_t ~ q(z_t | x) one ReMDM step gives P(z_s = x) = α_s per token, remasking a
+  revealed token w.p. σ = min(η, (1 − α_s)/α_t)."""
+  model = _model(toys.Oracle((1.0, 1e-9, 1e-9, 1e-9)), shape=(1,))  # μθ = δ_x, x = 0
+  n, eta, s, t = 40_000, 0.3, 0.5, 0.75
+  alpha_s, alpha_t = (float(model.schedule.alpha(v)) for v in (s, t))
+  z = jnp.asarray(np.where(np.random.default_rng(0).random((n, 1)) < alpha_t, 0, V))
+  log_mu = jnp.log(jnp.asarray([1.0, 1e-9, 1e-9, 1e-9]))[None, None]
+  step = jax.jit(lambda z: sampling.remdm_step(jax.random.key(1), z, log_mu, alpha_s,
+                                               alpha_t, eta, V, fine=True))
+  out = np.asarray(step(z))
+  sigma = min(eta, (1 - alpha_s) / alpha_t)
+  assert 0 < sigma < 1
+  assert abs((out == 0).mean() - alpha_s) < 5 * math.sqrt(0.25 / n)
+  was_revealed = np.asarray(z) == 0
+  assert abs((out[was_revealed] == V).mean() - sigma) < 5 * math.sqrt(0.25 / was_revealed.sum())
+
+
+# ---------------------------------------------------------------------------- blocks
+
+
+def test_blocks_make_sequences_longer_than_the_training_length():
+  """A network that accepts only its training length still samples 3x that length."""
+  model = _model(FixedLength(V, L))
+  z = jnp.full((2, 3 * L), V).at[:, :2].set(1)  # a prompt of two tokens
+  for sampler in ('ancestral', 'confidence', 'first_hitting'):
+    out, nfe = _sample(model, {}, z, sampler=sampler, timesteps=3, block_size=4)
+    assert out.shape == (2, 3 * L) and out.max() < V
+    np.testing.assert_array_equal(out[:, :2], 1)
+  assert list(nfe) == [3 * L - 2] * 2  # first hitting: one call per token
+
+
+def test_block_decoding_refuses_images_and_blocks_wider_than_the_window():
+  with pytest.raises(ValueError, match='images'):
+    sampling.make_sampler(_model(shape=(2, 2, 1)), _config(block_size=2))
+  with pytest.raises(ValueError, match='exceeds the training length'):
+    sampling.make_sampler(_model(), _config(block_size=L + 1))
+
+
+# ---------------------------------------------------------------------------- draws
+
+
+def _sorted_law(values, weights):
+  """(values ascending, their probabilities, the CDF at each value)."""
+  order = np.argsort(values, kind='stable')
+  return values[order], weights[order], np.cumsum(weights[order])
+
+
+def _fine_gumbel_law(mantissa_stride=2**10):
+  """The law of gumbel_from_bits(fine=True) over all its cells: both halves, every count k
+  of leading zeros (P = 2^-(k+1), and 2^-64 for k = 64), and the middle mantissa of every
+  `mantissa_stride` standing for them (the noise is smooth across a stride)."""
+  mantissas = np.arange(mantissa_stride // 2, 2**23, mantissa_stride, dtype=np.uint32)
+  half, k, m = (a.ravel() for a in np.meshgrid(np.arange(2, dtype=np.uint32),
+                                               np.arange(65), mantissas, indexing='ij'))
+  zeros = np.where(k < 64, np.uint64(1) << (63 - np.minimum(k, 63)).astype(np.uint64),
+                   np.uint64(0))  # 64 bits with k leading zeros
+  bits = np.stack([m | (half << np.uint32(31)), (zeros >> np.uint64(32)).astype(np.uint32),
+                   (zeros & np.uint64(0xFFFFFFFF)).astype(np.uint32)])
+  values = np.asarray(sampling.gumbel_from_bits(jnp.asarray(bits), True), np.float64)
+  p_k = np.where(k < 64, 2.0**-(np.minimum(k, 63) + 1.0), 2.0**-64)
+  return _sorted_law(values, 0.5 * p_k / len(mantissas))
+
+
+def _float32_gumbel_law(stride=2**10, top=2**13):
+  """The law of gumbel_from_bits(fine=False): 2^23 equally likely uniforms j·2^-23, all of
+  the `top` largest (the noise's upper tail, exactly) and below them the middle j of every
+  `stride` standing for them."""
+  bulk = np.arange(stride // 2, 2**23 - top, stride, dtype=np.uint32)
+  j = np.concatenate([bulk, np.arange(2**23 - top, 2**23, dtype=np.uint32)])
+  values = np.asarray(sampling.gumbel_from_bits(jnp.asarray(j << np.uint32(9))[None], False),
+                      np.float64)
+  weights = np.concatenate([np.full(len(bulk), stride), np.ones(top)]) * 2.0**-23
+  return _sorted_law(values, weights)
+
+
+def _tail_probability(law, gap):
+  """P(g_tail − gap > g_head) for independent g_tail, g_head of `law`: the chance that
+  Gumbel-max picks a token `gap` nats below the other of a two-token distribution."""
+  values, weights, cdf = law
+  below = np.searchsorted(values, values - gap, side='left')  # #{g_head < g − gap}
+  return float(np.sum(weights * np.where(below > 0, cdf[np.maximum(below - 1, 0)], 0.0)))
+
+
+def test_float64_draws_sample_the_tail_that_float32_draws_miss():
+  """Exact laws of both noises, from their bits. On softmax([0, −gap]) the fine draws pick
+  the tail token at its probability (to 1e-6); float32 draws at 93% of it for a gap of 14,
+  56% for 16, 17% for 17, 0.3% for 18, and never beyond 19."""
+  fine, coarse = _fine_gumbel_law(), _float32_gumbel_law()
+  assert abs(fine[1].sum() - 1) < 1e-12 and coarse[0].max() < 16.0 < 45.0 < fine[0].max()
+  for gap in (2.0, 16.0, 17.0, 25.0):
+    exact = math.exp(-gap) / (1 + math.exp(-gap))
+    assert abs(_tail_probability(fine, gap) / exact - 1) < 1e-5, gap
+  assert abs(_tail_probability(coarse, 2.0) / (math.exp(-2) / (1 + math.exp(-2))) - 1) < 1e-4
+  assert _tail_probability(coarse, 16.0) < 0.6 * math.exp(-16.0)
+  assert _tail_probability(coarse, 17.0) < 0.2 * math.exp(-17.0)
+  assert _tail_probability(coarse, 25.0) == 0.0
+  # And the Gumbel CDF itself, in the bulk and far into the upper tail.
+  values, weights, _ = fine
+  for x in (-2.0, 0.0, 3.0):
+    assert abs(weights[values <= x].sum() - math.exp(-math.exp(-x))) < 1e-5
+  for x in (16.0, 30.0, 40.0):
+    assert abs(weights[values > x].sum() / -math.expm1(-math.exp(-x)) - 1) < 1e-3
+
+
+@pytest.mark.parametrize('fine', [False, True])
+def test_categorical_draws_have_the_right_frequencies(fine):
+  probs = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
+  n = 50_000
+  draws = sampling.categorical(jax.random.key(0), jnp.log(jnp.asarray(probs))[None]
+                               .repeat(n, 0), fine)
+  freq = np.bincount(np.asarray(draws), minlength=5) / n
+  assert np.all(np.abs(freq - probs) < 5 * np.sqrt(probs * (1 - probs) / n)), freq
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+@pytest.mark.parametrize('step', sorted(sampling.STEPS))
+def test_one_step_distribution_is_exact(step):
   """A masked position becomes v w.p. μ(v)·(α_s−α_t)/(1−α_t); top-p uses the nucleus of μ."""
   probs = np.array([0.55, 0.3, 0.1, 0.05])
   model = _model(toys.Oracle(tuple(probs)))
   n, s, t = 40000, 0.3, 0.7
-  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs)), (n, 1, V))
+  log_mu = jnp.broadcast_to(jnp.log(jnp.asarray(probs)), (n, 1, V))
   u = model.apply({}, jnp.full((n,), s), jnp.full((n,), t), method=model.unmask_prob)
   z = jnp.full((n, 1), V)
-  out = np.asarray(sampling.SAMPLERS[sampler](jax.random.key(1), z, logits, u, V, 0.8))
+  out = np.asarray(jax.jit(lambda z, log_mu, u: sampling.STEPS[step](
+      jax.random.key(1), z, log_mu, u, V, 0.8, fine=True))(z, log_mu, u))
   alpha = model.schedule.alpha
   reveal = float((alpha(s) - alpha(t)) / (1 - alpha(t)))
-  mu = probs if sampler != 'topp' else np.array([0.55, 0.3, 0, 0]) / 0.85
+  mu = probs if step != 'topp' else np.array([0.55, 0.3, 0, 0]) / 0.85
   expected = np.append(mu * reveal, 1 - reveal)  # tokens 0..V-1, then the mask
   freq = np.bincount(out[:, 0], minlength=V + 1) / n
   stderr = np.sqrt(expected * (1 - expected) / n) + 1e-12
@@ -72,13 +353,20 @@ def test_nucleus_matches_numpy():
       np.testing.assert_allclose(out, want / want.sum(), rtol=1e-5, atol=1e-6)
 
 
+def test_temperature_and_topk_filter_mu():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  got = np.exp(np.asarray(sampling.filtered_log_probs(logits, 0.5, 2)))
+  want = np.array([0.25, 0.09, 0, 0]) / 0.34
+  np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-7)
+
+
 def test_certain_predictor_writes_its_token_and_keeps_given_tokens():
   """Conditional completion with μθ = δ_2: masks become 2, given tokens stay."""
   model = _model(toys.Oracle((1e-9, 1e-9, 1.0, 1e-9)))
-  generate = jax.jit(sampling.make_generate_fn(model, _config(timesteps=3)))
   given = jnp.asarray([[0, V, 1, V, V, 3], [V, V, V, V, V, V]])
-  out = np.asarray(generate({}, jax.random.key(0), given))
+  out, nfe = _sample(model, {}, given, timesteps=3)
   np.testing.assert_array_equal(out, [[0, 2, 1, 2, 2, 3], [2, 2, 2, 2, 2, 2]])
+  assert list(nfe) == [3, 3]
 
 
 def test_ancestral_loop_reveals_expected_fraction_per_step():
@@ -87,24 +375,29 @@ def test_ancestral_loop_reveals_expected_fraction_per_step():
   params = toys.init(model, jnp.zeros((1, L), jnp.int32))
   big_t, k, n = 10, 4, 4000
   variables = {'params': params}
-  z = jnp.full((n, L), V)
-  for i in range(k):
-    t, s = 1 - i / big_t, 1 - (i + 1) / big_t
+
+  @jax.jit
+  def step(rng, z, t, s):
     logits = model.apply(variables, z, jnp.full((n,), t), method=model.predict_logits)
     u = model.apply(variables, jnp.full((n,), s), jnp.full((n,), t),
                     method=model.unmask_prob)
-    z = sampling.ancestral_step(jax.random.key(i), z, logits, u, V, 1.0)
+    return sampling.ancestral_step(rng, z, jax.nn.log_softmax(logits), u, V, 1.0)
+
+  z = jnp.full((n, L), V)
+  for i in range(k):
+    z = step(jax.random.key(i), z, 1 - i / big_t, 1 - (i + 1) / big_t)
   alpha = model.schedule.alpha
   expected = float(1 - (1 - alpha(1 - k / big_t)) / (1 - alpha(1.0)))
   frac = float(jnp.mean(z != V))
   assert abs(frac - expected) < 5 * math.sqrt(expected * (1 - expected) / z.size)
 
 
-def test_bad_names_are_errors():
+def test_bad_options_are_errors():
   model = _model()
-  with pytest.raises(ValueError, match="unknown sampler 'greedy'"):
-    sampling.make_generate_fn(model, _config(sampler='greedy'))
-  with pytest.raises(ValueError, match='unknown sampling grid'):
-    sampling.make_generate_fn(model, _config(sampling_grid='log'))
-  with pytest.raises(ValueError, match='topp'):
-    sampling.make_generate_fn(model, _config(topp=0.0))
+  for kw, match in (({'sampler': 'greedy'}, "unknown sampler 'greedy'"),
+                    ({'sampling_grid': 'log'}, 'unknown sampling grid'),
+                    ({'topp': 0.0}, 'topp'), ({'temperature': 0.0}, 'temperature'),
+                    ({'topk': -1}, 'topk'), ({'nfe': 3}, 'unknown key sampling.nfe'),
+                    ({'sampler': 'first_hitting', 'cache': True}, 'cache=False')):
+    with pytest.raises(ValueError, match=match):
+      sampling.make_sampler(model, _config(**kw))

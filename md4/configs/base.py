@@ -10,7 +10,7 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # one seed for initialisation, data order, noise, eval and samples
-  config.model_type = 'md4'  # key of md4.models.MODELS
+  config.model_type = 'md4'  # key of md4.models.MODELS: 'md4', 'genmd4', or 'ar'
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'shakespeare'  # key of md4.data.DATASETS
@@ -114,14 +114,34 @@ def get_config() -> ml_collections.ConfigDict:
   # weights; False: ema_rate from the first step (the original's).
   config.opt.ema_warmup = True
 
+  # How training runs, md4/sample.py and md4/evaluate.py draw samples (md4.sampling).
   config.sampling = ml_collections.ConfigDict()
-  config.sampling.sampler = 'ancestral'  # 'ancestral', 'topp' or 'mean'
-  config.sampling.sampling_grid = 'cosine'  # 'uniform' or 'cosine' spacing of t
-  config.sampling.timesteps = 256  # reverse steps per sample
+  # 'ancestral', 'topp', 'mean', 'first_hitting', 'confidence' or 'remdm' (md4.sampling.SAMPLERS)
+  config.sampling.sampler = 'ancestral'
+  # 'uniform' or 'cosine' spacing of t; for 'confidence', the fraction left masked per step
+  config.sampling.sampling_grid = 'cosine'
+  config.sampling.timesteps = 256  # reverse steps per sample (per block with block_size)
   config.sampling.topp = 0.98  # nucleus mass for sampler='topp'
+  config.sampling.topk = 0  # draw only from the k most likely tokens; 0: all
+  config.sampling.temperature = 1.0  # μθ ∝ exp(logits / temperature)
   config.sampling.num_samples = 16  # samples written at each sampling step
   # Classifier-free guidance weight w for class-conditional models; 0: plain conditional.
   config.sampling.guidance_scale = 0.0
+  # Categorical draws with Gumbel noise resolved as finely as float64's (or finer), in
+  # float32 arithmetic: float32 noise never draws a token more than ~16 nats below the
+  # winner, which lowers the effective temperature (Zheng et al., 2024).
+  config.sampling.float64_draws = True
+  # Skip the network when no token changed since its last call (reverse-step samplers);
+  # exact only for a network that ignores t (network.time_features='none').
+  config.sampling.cache = False
+  # Semi-autoregressive decoding in blocks of this many positions, left to right, the
+  # network seeing at most the training length; longer sequences then work. 0: no blocks.
+  config.sampling.block_size = 0
+  # sampler='confidence': Gumbel noise of this scale on the confidences, annealed to 0
+  # (MaskGIT's choice temperature); 0: LLaDA's plain low-confidence remasking.
+  config.sampling.confidence_noise = 0.0
+  # sampler='remdm': η of ReMDM-cap, the most a revealed token is remasked per step.
+  config.sampling.remdm_eta = 0.02
 
   config.batch_size = 512  # global batch, over all devices and hosts
   config.num_microbatches = 1  # gradient accumulation: batch_size / this per pass

@@ -1,0 +1,61 @@
+r"""Evaluates a trained run, or scores samples.
+
+  python md4/evaluate.py --workdir=W [--step=N] [--params=ema|raw] [--split=valid,test] \
+      [--max_examples=N] [--seed=S] [--config.KEY=VALUE ...]
+  python md4/evaluate.py --samples=FILE[,FILE...] --judge=W_AR|gpt2:NAME_OR_FOLDER
+
+The first form prints the negative ELBO of each split (the run's eval splits by default,
+'train' too) in bits per token with its Monte-Carlo standard error, from the run's saved
+config (overridden by --config.*): with the run's eval key it repeats what training
+logged for that checkpoint. Zero-shot: data prepared by prepare_openwebtext_data.py
+elsewhere is read with --config.data.data_dir=DIR. The second form prints generative
+perplexity and unigram entropy of samples written by md4/sample.py (md4.judges).
+"""
+
+import os
+import sys
+
+# Lets `python md4/evaluate.py` import the package from a plain checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+from md4 import configs
+from md4 import inference
+from md4 import judges
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A training run\'s directory.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+_PARAMS = flags.DEFINE_enum('params', 'ema', inference.PARAMS, 'Which parameters.')
+_SPLIT = flags.DEFINE_list('split', [], 'Splits to evaluate (default: the eval splits).')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples', 0, 'Evaluate only the first N rows.')
+_SEED = flags.DEFINE_integer('seed', None, 'Seed of the draws (default: the run\'s eval key).')
+_SAMPLES = flags.DEFINE_list('samples', [], 'Sample files (md4/sample.py) to score.')
+_JUDGE = flags.DEFINE_string('judge', None, 'Workdir of an autoregressive run, or '
+                             'gpt2:NAME_OR_FOLDER (Hugging Face GPT-2 weights).')
+_BATCH = flags.DEFINE_integer('batch_size', 16, 'Chunks the judge scores at once.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _SAMPLES.value:
+    if not _JUDGE.value:
+      raise app.UsageError('--samples needs --judge')
+    judge = judges.load(_JUDGE.value)
+    for path in _SAMPLES.value:
+      q = judges.quality(judge, inference.read_samples(path), _BATCH.value)
+      print(judges.format_quality(judge, path, q), flush=True)
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError('give --workdir (a run to evaluate) or --samples and --judge')
+  run = inference.load_run(_WORKDIR.value, _CONFIG.value, _STEP.value, _PARAMS.value)
+  results = inference.evaluate_elbo(run, _SPLIT.value, _SEED.value, _MAX_EXAMPLES.value)
+  print(inference.format_elbo(run, results), flush=True)
+
+
+if __name__ == '__main__':
+  _CONFIG = configs.define_saved_config_flag(sys.argv)
+  app.run(main)
