@@ -1,12 +1,13 @@
 r"""Samples from a trained run and writes them (text, FASTA or a PNG grid).
 
-  python md4/sample.py --workdir=W [--config.sampling.sampler=first_hitting] \
-      [--config.sampling.timesteps=N] [--num_samples=K] [--step=N] [--params=ema|raw] \
+  python md4/sample.py --workdir=W [--sampler=first_hitting] [--steps=N] \
+      [--num_samples=K] [--step=N] [--params=ema|raw] \
       [--length=L] [--prefix=TEXT] [--suffix=TEXT] [--infill='text <mask:20> text'] \
       [--label=C] [--config.sampling.guidance_scale=W] [--output=FILE]
 
 The sampler and its options are the run's config.sampling (md4/configs/base.py lists
-them; md4.sampling the samplers), overridden by --config.sampling.*. Prints the network
+them; md4.sampling the samplers), overridden by --config.sampling.*; --sampler and --steps
+are short for --config.sampling.sampler and --config.sampling.timesteps. Prints the network
 evaluations (NFE) per sample and the wall time. Prompts are tokenized with the run's
 tokenizer; --length beyond the training length needs --config.sampling.block_size.
 """
@@ -27,6 +28,9 @@ from md4 import inference
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run\'s directory.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _PARAMS = flags.DEFINE_enum('params', 'ema', inference.PARAMS, 'Which parameters.')
+_SAMPLER = flags.DEFINE_string('sampler', None, 'A key of md4.sampling.SAMPLERS (default:'
+                               " the run's config.sampling.sampler).")
+_STEPS = flags.DEFINE_integer('steps', None, 'Reverse steps (config.sampling.timesteps).')
 _NUM = flags.DEFINE_integer('num_samples', 16, 'How many samples.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Samples drawn at once (0: all).')
 _LENGTH = flags.DEFINE_integer('length', 0, 'Sequence length (0: the training length).')
@@ -42,7 +46,12 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  inference.sample(_WORKDIR.value, _CONFIG.value, step=_STEP.value, params=_PARAMS.value,
+  config = _CONFIG.value
+  if _SAMPLER.value is not None:
+    config.sampling.sampler = _SAMPLER.value
+  if _STEPS.value is not None:
+    config.sampling.timesteps = _STEPS.value
+  inference.sample(_WORKDIR.value, config, step=_STEP.value, params=_PARAMS.value,
                    num_samples=_NUM.value, batch_size=_BATCH.value, length=_LENGTH.value,
                    prefix=_PREFIX.value, suffix=_SUFFIX.value, infill=_INFILL.value,
                    label=_LABEL.value, seed=_SEED.value, output=_OUTPUT.value)

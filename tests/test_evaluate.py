@@ -93,7 +93,7 @@ def test_sample_cli_then_scores_the_samples(runs, tmp_path):
   out = tmp_path / 'samples.txt'
   proc = subprocess.run(
       [sys.executable, 'md4/sample.py', f'--workdir={md4_dir}', '--num_samples=4',
-       '--batch_size=2', '--config.sampling.sampler=first_hitting', '--prefix=ROMEO:',
+       '--batch_size=2', '--sampler=first_hitting', '--prefix=ROMEO:',
        '--suffix=.', f'--output={out}'], cwd=ROOT, capture_output=True, text=True,
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

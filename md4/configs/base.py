@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.network.embed_dim = 0
   # RMSNorm on each head's queries and keys (QK-norm), bounding the attention logits.
   config.network.qk_norm = False
+  # > 0: GPT-2's initialisation, N(0, init_std²) for the embedding and every fan-in-scaled
+  # weight; 0: the original's (LeCun-normal projections, embedding N(0, 1/D)).
+  config.network.init_std = 0.0
   config.network.cond_type = 'adaln_zero'  # time conditioning: 'adaln' or 'adaln_zero'
   config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
   # Dropout on the embeddings and attention probabilities, and channel-wise (one mask per

@@ -21,8 +21,8 @@ position). Initialisation as the original: LeCun-normal projections, FFN weights
 2/(n_layers·fan_in) with `depth_scaled_init`, the embedding N(0, 1/D), adaLN and the output
 layer at zero for adaLN-zero.
 
-Beyond the original, off by default: QK-norm, Canon layers, a causal mask (the
-autoregressive baseline), 16-bit products (`matmul_dtype`), rematerialisation, scanned layers.
+Beyond the original, off by default: QK-norm, Canon layers, GPT-2's N(0, 0.02²)
+initialisation (`init_std`), a causal mask (the autoregressive baseline), 16-bit products (`matmul_dtype`), rematerialisation, scanned layers.
 Parameters carry logical axis names ('vocab', 'embed', 'heads', 'mlp', 'cond') so that a mesh
 can shard them by rules without a second copy of this file.
 
@@ -64,6 +64,11 @@ REMAT_POLICIES = {
 }
 
 lecun_normal = nn.initializers.lecun_normal()  # variance 1/fan_in, truncated normal
+
+
+def _init(init_std, original):
+  """N(0, init_std²) where init_std > 0 (GPT-2's initialisation), else `original`."""
+  return nn.initializers.normal(init_std) if init_std else original
 
 
 def mlp_width(d, mlp_dim=0):
@@ -297,13 +302,15 @@ class Attention(nn.Module):
   causal: bool = False
   qk_norm: bool = False  # RMSNorm on each head's queries and keys (before rotary)
   canon_width: int = 0  # > 0: a Canon layer on q, k and v
+  init_std: float = 0.0  # > 0: N(0, init_std²) projections instead of LeCun's
 
   @nn.compact
   def __call__(self, x, train):  # x [B, L, D]
     b, l, d = x.shape
     h = self.num_heads
     k = d // h
-    w = lambda name, axes: _kernel(self, name, lecun_normal, (d, d), axes)
+    init = _init(self.init_std, lecun_normal)
+    w = lambda name, axes: _kernel(self, name, init, (d, d), axes)
     wq, wk, wv = (w(n, ('embed', 'heads')) for n in ('wq', 'wk', 'wv'))
     q, kk, v = project(x, [wq, wk, wv], self.dtype, self.matmul_dtype)  # [B, L, D] each
     if self.canon_width:
@@ -326,7 +333,7 @@ class Attention(nn.Module):
                            self.make_rng('dropout') if dropout > 0.0 else None)
     else:
       y = jax.nn.dot_product_attention(q, kk, v, is_causal=self.causal, implementation=impl)
-    wo = _kernel(self, 'wo', lecun_normal, (d, d), ('heads', 'embed'))
+    wo = _kernel(self, 'wo', init, (d, d), ('heads', 'embed'))
     y, = project(y.reshape(b, l, d), [wo], self.dtype, self.matmul_dtype)
     return channel_dropout(self, y, self.dropout_rate, train)
 
@@ -340,11 +347,13 @@ class FeedForward(nn.Module):
   dtype: jnp.dtype
   matmul_dtype: jnp.dtype
   canon_width: int = 0  # > 0: a Canon layer on the W1 and W3 units
+  init_std: float = 0.0  # > 0: N(0, init_std²) weights instead
 
   @nn.compact
   def __call__(self, x, train):  # x [B, L, D]
     d, f = x.shape[-1], self.hidden_dim
-    init = nn.initializers.variance_scaling(self.init_scale, 'fan_in', 'truncated_normal')
+    init = _init(self.init_std, nn.initializers.variance_scaling(
+        self.init_scale, 'fan_in', 'truncated_normal'))
     w1 = _kernel(self, 'w1', init, (d, f), ('embed', 'mlp'))
     w3 = _kernel(self, 'w3', init, (d, f), ('embed', 'mlp'))
     gate, up = project(x, [w1, w3], self.dtype, self.matmul_dtype)  # [B, L, F] each
@@ -358,11 +367,11 @@ class FeedForward(nn.Module):
     return channel_dropout(self, y, self.dropout_rate, train)
 
 
-def adaln(cond, n, d, mlp_type, cond_type, dtype, matmul_dtype, name):
+def adaln(cond, n, d, mlp_type, cond_type, dtype, matmul_dtype, name, init_std=0.0):
   """n modulation vectors [B, D] from the time embedding: Dense(act(c)), with `act` the MLP's
   activation as in the original; adaLN-zero starts the Dense at zero."""
   zero = cond_type == 'adaln_zero'
-  init = nn.initializers.zeros if zero else lecun_normal
+  init = nn.initializers.zeros if zero else _init(init_std, lecun_normal)
   mods = Dense(n * d, ('cond', 'embed'), dtype, matmul_dtype, kernel_init=init,
                name=name)(MLP_ACTIVATIONS[mlp_type](cond))
   return jnp.split(mods, n, axis=-1)
@@ -384,6 +393,7 @@ class Block(nn.Module):
   canon_width: int = 0  # 0: no Canon layers
   canon_positions: tuple[str, ...] = ()
   qk_norm: bool = False
+  init_std: float = 0.0  # > 0: N(0, init_std²) weights (Transformer.init_std)
 
   def has_canon(self, position):
     """The width of the Canon layer at `position` (a CANON_POSITIONS key), 0 if none."""
@@ -407,19 +417,19 @@ class Block(nn.Module):
       norm1, norm2 = (_layer_norm(self.dtype, n) for n in ('attention_norm', 'ffn_norm'))
       shift1, scale1, gate1, shift2, scale2, gate2 = adaln(
           cond, 6, d, self.mlp_type, self.cond_type, self.dtype, self.matmul_dtype,
-          'adaln')
+          'adaln', self.init_std)
       gate1, gate2 = gate1[:, None], gate2[:, None]
 
     y = self.canon('attn_in', modulate(norm1(x), shift1, scale1))
     y = Attention(self.num_heads, self.dropout_rate, self.dtype, self.matmul_dtype,
                   self.attention_impl, self.causal, self.qk_norm, self.has_canon('qkv'),
-                  name='attention')(y, train)
+                  self.init_std, name='attention')(y, train)
     x = x + gate1 * y
 
     y = self.canon('mlp_in', modulate(norm2(x), shift2, scale2))
     y = FeedForward(self.mlp_dim, self.mlp_type, self.ffn_init_scale, self.dropout_rate,
                     self.dtype, self.matmul_dtype, self.has_canon('mlp_hidden'),
-                    name='feed_forward')(y, train)
+                    self.init_std, name='feed_forward')(y, train)
     return x + gate2 * y
 
 
@@ -464,6 +474,10 @@ class Transformer(nn.Module):
   # with RMSNorm as in OLMo 2): each head's queries and keys RMS-normalised over K, with a
   # learned scale of K shared by the heads, before the rotary embedding.
   qk_norm: bool = False
+  # > 0: GPT-2's initialisation, N(0, init_std²) for the embedding and every weight the
+  # original initialises by fan-in (projections, FFN, time MLP); zero-initialised layers
+  # stay zero. 0: the original's (module docstring).
+  init_std: float = 0.0
 
   def __post_init__(self):
     if self.mlp_dim < 0:
@@ -475,6 +489,9 @@ class Transformer(nn.Module):
     if self.feature_dim < 4 or self.feature_dim % 2:
       raise ValueError(f'feature_dim must be even and >= 4 (rotary pairs, time'
                        f' sinusoids), got {self.feature_dim}')
+    if self.init_std < 0:
+      raise ValueError(f'init_std must be >= 0 (0: the original initialisation), got'
+                       f' {self.init_std}')
     if self.canon_width < 0 or (self.canon_width and self.canon_width % 2 == 0):
       raise ValueError(f'canon_width must be 0 (no Canon layers) or odd, got'
                        f' {self.canon_width}')
@@ -498,7 +515,8 @@ class Transformer(nn.Module):
     """The original's time embedding: Dense(swish(Dense(sinusoids(1000·t)))), [B] -> [B, K],
     through a hidden layer of 4K."""
     k = self.feature_dim
-    dense = functools.partial(Dense, dtype=dtype, matmul_dtype=matmul_dtype)
+    dense = functools.partial(Dense, dtype=dtype, matmul_dtype=matmul_dtype,
+                              kernel_init=_init(self.init_std, lecun_normal))
     c = timestep_embedding(1000.0 * t, k)  # [B, K]
     c = nn.swish(dense(4 * k, (None, 'cond'), name='time_mlp_in')(c))
     return dense(k, ('cond', None), name='time_mlp_out')(c)
@@ -508,12 +526,13 @@ class Transformer(nn.Module):
     d = self.num_heads * self.feature_dim
     dtype = DTYPES[self.dtype]
     matmul_dtype = DTYPES[self.matmul_dtype or self.dtype]
-    embed_init = nn.with_logical_partitioning(nn.linear.default_embed_init,
-                                              ('vocab', 'embed'))
+    embed_init = nn.with_logical_partitioning(
+        _init(self.init_std, nn.linear.default_embed_init), ('vocab', 'embed'))
     if self.embed_dim:  # narrow embedding, then a Dense (with bias) to D
       x = nn.Embed(self.vocab_size + 1, self.embed_dim, dtype=dtype,
                    param_dtype=jnp.float32, embedding_init=embed_init, name='embed')(z)
-      x = Dense(d, (None, 'embed'), dtype, matmul_dtype, name='embed_proj')(x)
+      x = Dense(d, (None, 'embed'), dtype, matmul_dtype,
+                kernel_init=_init(self.init_std, lecun_normal), name='embed_proj')(x)
     else:
       x = nn.Embed(self.vocab_size + 1, d, dtype=dtype, param_dtype=jnp.float32,
                    embedding_init=embed_init, name='embed')(z)  # [B, L, D]
@@ -526,7 +545,7 @@ class Transformer(nn.Module):
     block_args = (self.num_heads, self.mlp_type, mlp_width(d, self.mlp_dim), self.cond_type,
                   self.dropout_rate, 2.0 / self.n_layers if self.depth_scaled_init else 1.0,
                   dtype, matmul_dtype, self.attention_impl, self.causal, self.canon_width,
-                  tuple(self.canon_positions), self.qk_norm)
+                  tuple(self.canon_positions), self.qk_norm, self.init_std)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
@@ -548,7 +567,7 @@ class Transformer(nn.Module):
       x = _rms_norm(dtype, 'final_norm')(x)
     else:
       shift, scale = adaln(cond, 2, d, self.mlp_type, self.cond_type, dtype, matmul_dtype,
-                           'final_adaln')
+                           'final_adaln', self.init_std)
       x = modulate(_layer_norm(dtype, 'final_norm')(x), shift, scale)
     kernel = _kernel(self, 'logits', nn.initializers.zeros, (d, self.vocab_size),
                      ('embed', 'vocab'))
