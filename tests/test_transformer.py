@@ -105,6 +105,28 @@ def test_init_scales_and_logical_axes():
   assert std(plain['block_3']['adaln']['kernel']) == pytest.approx(1 / math.sqrt(k), rel=0.1)
 
 
+def test_init_std_is_gpt2_initialisation():
+  """init_std: N(0, σ²) embedding, projections, FFN and time MLP; the residual outputs wo
+  and W2 N(0, σ²/(2·n_layers)) with depth_scaled_init (σ² without); zero layers stay zero."""
+  n_layers, d, k, sigma = 8, 256, 64, 0.02
+  std = lambda a: float(np.std(np.asarray(a)))
+  for depth_scaled, out in ((True, sigma / math.sqrt(2 * n_layers)), (False, sigma)):
+    params = _init(_net(n_layers=n_layers, num_heads=4, feature_dim=k, init_std=sigma,
+                        depth_scaled_init=depth_scaled))['params']
+    block = params['block_5']
+    for name in ('wq', 'wk', 'wv'):
+      assert std(block['attention'][name]) == pytest.approx(sigma, rel=0.05)
+    for name in ('w1', 'w3'):
+      assert std(block['feed_forward'][name]) == pytest.approx(sigma, rel=0.05)
+    assert std(block['attention']['wo']) == pytest.approx(out, rel=0.05)
+    assert std(block['feed_forward']['w2']) == pytest.approx(out, rel=0.05)
+    for leaf in (params['embed']['embedding'], params['time_mlp_in']['kernel'],
+                 params['time_mlp_out']['kernel']):
+      assert std(leaf) == pytest.approx(sigma, rel=0.1)
+    for zero in (block['adaln'], params['final_adaln'], params['logits']):
+      assert not any(np.any(np.asarray(a)) for a in jax.tree.leaves(zero))
+
+
 def test_mlp_width_rounds_as_the_original():
   assert [transformer.mlp_width(d) for d in (16, 128, 256, 768, 1024)] == [
       64, 352, 704, 2048, 2752]
@@ -433,7 +455,8 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
                                        "unknown canon_positions \\['mlp'\\]"),
                                       ({'mlp_dim': -1}, 'mlp_dim must be >= 0'),
                                       ({'embed_dim': -2}, 'embed_dim must be >= 0'),
-                                      ({'feature_dim': 7}, 'feature_dim must be even')])
+                                      ({'feature_dim': 7}, 'feature_dim must be even'),
+                                      ({'init_std': -0.1}, 'init_std must be >= 0')])
 def test_bad_network_options_are_rejected(kw, match):
   with pytest.raises(ValueError, match=match):
     _net(**kw)

@@ -55,14 +55,16 @@ def get_config() -> ml_collections.ConfigDict:
   # RMSNorm on each head's queries and keys (QK-norm), bounding the attention logits.
   config.network.qk_norm = False
   # > 0: GPT-2's initialisation, N(0, init_std²) for the embedding and every fan-in-scaled
-  # weight; 0: the original's (LeCun-normal projections, embedding N(0, 1/D)).
+  # weight, the residual outputs' divided by sqrt(2 n_layers) with depth_scaled_init; 0:
+  # the original's (LeCun-normal projections, embedding N(0, 1/D)).
   config.network.init_std = 0.0
   config.network.cond_type = 'adaln_zero'  # time conditioning: 'adaln' or 'adaln_zero'
   config.network.time_features = 't'  # 't', or 'none' for an unconditioned network
   # Dropout on the embeddings and attention probabilities, and channel-wise (one mask per
   # example and channel) on the attention and MLP outputs, as the original's.
   config.network.dropout_rate = 0.0
-  config.network.depth_scaled_init = True  # MLP weights of variance 2/(n_layers fan_in)
+  # MLP weights of variance 2/(n_layers fan_in) (with init_std: see above)
+  config.network.depth_scaled_init = True
   config.network.causal = False  # left-to-right attention (the autoregressive baseline)
   # Canon layers (Allen-Zhu, 2025): residual depthwise convolutions over canon_width
   # neighbouring positions (0: none, else odd), zero-initialised, at canon_positions among

@@ -21,8 +21,9 @@ position). Initialisation as the original: LeCun-normal projections, FFN weights
 2/(n_layers·fan_in) with `depth_scaled_init`, the embedding N(0, 1/D), adaLN and the output
 layer at zero for adaLN-zero.
 
-Beyond the original, off by default: QK-norm, Canon layers, GPT-2's N(0, 0.02²)
-initialisation (`init_std`), a causal mask (the autoregressive baseline), 16-bit products (`matmul_dtype`), rematerialisation, scanned layers.
+Beyond the original, off by default: QK-norm, Canon layers, GPT-2's initialisation
+(`init_std`), a causal mask (the autoregressive baseline), 16-bit products
+(`matmul_dtype`), rematerialisation, scanned layers.
 Parameters carry logical axis names ('vocab', 'embed', 'heads', 'mlp', 'cond') so that a mesh
 can shard them by rules without a second copy of this file.
 
@@ -303,6 +304,7 @@ class Attention(nn.Module):
   qk_norm: bool = False  # RMSNorm on each head's queries and keys (before rotary)
   canon_width: int = 0  # > 0: a Canon layer on q, k and v
   init_std: float = 0.0  # > 0: N(0, init_std²) projections instead of LeCun's
+  out_init_std: float = 0.0  # with init_std: wo's standard deviation
 
   @nn.compact
   def __call__(self, x, train):  # x [B, L, D]
@@ -333,7 +335,8 @@ class Attention(nn.Module):
                            self.make_rng('dropout') if dropout > 0.0 else None)
     else:
       y = jax.nn.dot_product_attention(q, kk, v, is_causal=self.causal, implementation=impl)
-    wo = _kernel(self, 'wo', init, (d, d), ('heads', 'embed'))
+    wo = _kernel(self, 'wo', _init(self.out_init_std, lecun_normal), (d, d),
+                 ('heads', 'embed'))
     y, = project(y.reshape(b, l, d), [wo], self.dtype, self.matmul_dtype)
     return channel_dropout(self, y, self.dropout_rate, train)
 
@@ -348,12 +351,14 @@ class FeedForward(nn.Module):
   matmul_dtype: jnp.dtype
   canon_width: int = 0  # > 0: a Canon layer on the W1 and W3 units
   init_std: float = 0.0  # > 0: N(0, init_std²) weights instead
+  out_init_std: float = 0.0  # with init_std: W2's standard deviation
 
   @nn.compact
   def __call__(self, x, train):  # x [B, L, D]
     d, f = x.shape[-1], self.hidden_dim
-    init = _init(self.init_std, nn.initializers.variance_scaling(
-        self.init_scale, 'fan_in', 'truncated_normal'))
+    original = nn.initializers.variance_scaling(self.init_scale, 'fan_in',
+                                                'truncated_normal')
+    init = _init(self.init_std, original)
     w1 = _kernel(self, 'w1', init, (d, f), ('embed', 'mlp'))
     w3 = _kernel(self, 'w3', init, (d, f), ('embed', 'mlp'))
     gate, up = project(x, [w1, w3], self.dtype, self.matmul_dtype)  # [B, L, F] each
@@ -362,7 +367,7 @@ class FeedForward(nn.Module):
           jnp.concatenate([gate, up], axis=-1)), 2, axis=-1)
     y = MLP_ACTIVATIONS[self.mlp_type](gate) * up
     y = _constrain(y, ('batch', 'length', 'act_mlp'))
-    w2 = _kernel(self, 'w2', init, (f, d), ('mlp', 'embed'))
+    w2 = _kernel(self, 'w2', _init(self.out_init_std, original), (f, d), ('mlp', 'embed'))
     y, = project(y, [w2], self.dtype, self.matmul_dtype)
     return channel_dropout(self, y, self.dropout_rate, train)
 
@@ -394,6 +399,7 @@ class Block(nn.Module):
   canon_positions: tuple[str, ...] = ()
   qk_norm: bool = False
   init_std: float = 0.0  # > 0: N(0, init_std²) weights (Transformer.init_std)
+  out_init_std: float = 0.0  # with init_std: the residual output projections' (wo, W2)
 
   def has_canon(self, position):
     """The width of the Canon layer at `position` (a CANON_POSITIONS key), 0 if none."""
@@ -423,13 +429,13 @@ class Block(nn.Module):
     y = self.canon('attn_in', modulate(norm1(x), shift1, scale1))
     y = Attention(self.num_heads, self.dropout_rate, self.dtype, self.matmul_dtype,
                   self.attention_impl, self.causal, self.qk_norm, self.has_canon('qkv'),
-                  self.init_std, name='attention')(y, train)
+                  self.init_std, self.out_init_std, name='attention')(y, train)
     x = x + gate1 * y
 
     y = self.canon('mlp_in', modulate(norm2(x), shift2, scale2))
     y = FeedForward(self.mlp_dim, self.mlp_type, self.ffn_init_scale, self.dropout_rate,
                     self.dtype, self.matmul_dtype, self.has_canon('mlp_hidden'),
-                    self.init_std, name='feed_forward')(y, train)
+                    self.init_std, self.out_init_std, name='feed_forward')(y, train)
     return x + gate2 * y
 
 
@@ -474,9 +480,11 @@ class Transformer(nn.Module):
   # with RMSNorm as in OLMo 2): each head's queries and keys RMS-normalised over K, with a
   # learned scale of K shared by the heads, before the rotary embedding.
   qk_norm: bool = False
-  # > 0: GPT-2's initialisation, N(0, init_std²) for the embedding and every weight the
-  # original initialises by fan-in (projections, FFN, time MLP); zero-initialised layers
-  # stay zero. 0: the original's (module docstring).
+  # > 0: GPT-2's initialisation (Radford et al., 2019), N(0, init_std²) for the embedding
+  # and every weight the original initialises by fan-in (projections, FFN, time MLP), the
+  # residual output projections (wo, W2) N(0, init_std²/(2·n_layers)) with
+  # depth_scaled_init; zero-initialised layers stay zero. 0: the original's (module
+  # docstring).
   init_std: float = 0.0
 
   def __post_init__(self):
@@ -545,7 +553,9 @@ class Transformer(nn.Module):
     block_args = (self.num_heads, self.mlp_type, mlp_width(d, self.mlp_dim), self.cond_type,
                   self.dropout_rate, 2.0 / self.n_layers if self.depth_scaled_init else 1.0,
                   dtype, matmul_dtype, self.attention_impl, self.causal, self.canon_width,
-                  tuple(self.canon_positions), self.qk_norm, self.init_std)
+                  tuple(self.canon_positions), self.qk_norm, self.init_std,
+                  self.init_std / math.sqrt(2 * self.n_layers) if self.depth_scaled_init
+                  else self.init_std)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
