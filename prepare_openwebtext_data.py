@@ -8,7 +8,8 @@ r"""Prepares OpenWebText (or FineWeb-Edu) for the `openwebtext` / `fineweb_edu` 
 PATH is a folder of .txt files (one document each), a JSONL file with a "text" field, or a
 folder written by `datasets.Dataset.save_to_disk`. Writes DIR/<dataset>/{train,valid}.npy
 (uint16 rows of --seq_len GPT-2 tokens, each document followed by <|endoftext|>) and
-metadata.json; see md4/data/openwebtext.py. Interrupted runs resume where they stopped.
+metadata.json; see md4/preparation.py (the recipe) and md4/data/openwebtext.py (the
+layout). Interrupted runs resume where they stopped.
 
 By default OpenWebText holds out the original release's split (--split=chunks: 2% of the
 shuffled 1024-token rows), the split of the paper's perplexities;
@@ -25,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from md4.data import openwebtext
+from md4 import preparation
 
-RECIPES = openwebtext.RECIPES
+RECIPES = preparation.RECIPES
 _DATASET = flags.DEFINE_enum('dataset', 'openwebtext', sorted(RECIPES),
                              'Which dataset to prepare; names the folder in --data_dir.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '~/md4_data', 'Where DATASET/ is written.')
@@ -39,13 +40,13 @@ _HF_CONFIG = flags.DEFINE_string(
     + ', '.join(f'{k}: {r.hf_path} {r.hf_config!r}' for k, r in RECIPES.items())
     + "); 'sample-10BT' is FineWeb-Edu's 10B-token sample.")
 _SPLIT = flags.DEFINE_enum(
-    'split', None, sorted(openwebtext.SPLIT_EVAL_FRACTION),
+    'split', None, sorted(preparation.SPLIT_EVAL_FRACTION),
     'Held-out split: chunks (a fraction of the shuffled rows, the original release\'s),'
     ' documents (a fraction of whole documents) or none (default: '
     + ', '.join(f'{k}: {r.split}' for k, r in RECIPES.items()) + ').')
 _EVAL_FRACTION = flags.DEFINE_float(
     'eval_fraction', None, 'Fraction held out for the valid split (default by --split: '
-    f'{openwebtext.SPLIT_EVAL_FRACTION}).')
+    f'{preparation.SPLIT_EVAL_FRACTION}).')
 _MAX_DOC_TOKENS = flags.DEFINE_integer(
     'max_doc_tokens', None, 'Keep only the first this many tokens of each document, before'
     ' its <|endoftext|>; 0 keeps all (default: '
@@ -61,7 +62,7 @@ _NUM_WORKERS = flags.DEFINE_integer('num_workers', None, 'Processes (default: al
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  metadata = openwebtext.prepare(
+  metadata = preparation.prepare(
       _DATASET.value, _DATA_DIR.value, source=_SOURCE.value, seq_len=_SEQ_LEN.value,
       split=_SPLIT.value, eval_fraction=_EVAL_FRACTION.value,
       max_doc_tokens=_MAX_DOC_TOKENS.value, hf_config=_HF_CONFIG.value,

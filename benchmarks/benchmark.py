@@ -23,7 +23,6 @@ memory of two batch sizes, which grows linearly in the batch, then confirmed by 
 steps at that batch) and the speed there. The last table times one reverse sampling step.
 """
 
-import contextlib
 import os
 import sys
 import time
@@ -32,18 +31,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.tables import print_row, print_table
 from md4 import data
+from md4 import hardware
+from md4 import models
 from md4 import optim
 from md4 import sampling
+from md4 import sharding
+from md4 import state as state_lib
 from md4 import train
 from md4.configs.md4 import shakespeare
 from md4.configs.md4 import text8
-from md4.networks import transformer
+from md4.networks import matmul
 
 _ONLY = flags.DEFINE_list('only', ['default', '4L-256', 'text8'], 'Shapes to run.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed training steps per shape.')
@@ -77,7 +80,8 @@ def shapes():
   md4_s = text8.get_config()  # MD4-S: text8's 12 x 768 network on GPT-2 tokens
   md4_s.data.data_shape, md4_s.batch_size = (1024,), 32
   md4_s.network.dropout_rate = 0.0
-  return {'default': (default, 84), '4L-256': (small, 84), 'text8': (big, 27),
+  return {'default': (default, 84), 'default-amx': (shakespeare.get_config('amx'), 84),
+          '4L-256': (small, 84), 'text8': (big, 27),
           'md4-s': (md4_s, 50257)}
 
 
@@ -98,17 +102,17 @@ def apply_flags(config):
 
 def mesh_and_rules(config):
   if _MESH.value is None:
-    return train.make_mesh(), train.DATA_PARALLEL_RULES
+    return sharding.make_mesh(), sharding.DATA_PARALLEL_RULES
   config.mesh_shape = tuple(int(s) for s in _MESH.value)
-  return train.sharding_setup(config, sharded=True)
+  return sharding.setup(config, sharded=True)
 
 
 def matmul_peak(dtype):
   """Best FLOP/s of one device's n³ matrix product in `dtype` (n = 8192 on accelerators),
-  accumulated in float32 as the model's products are (transformer.float32_matmul)."""
+  accumulated in float32 as the model's products are (md4.networks.matmul)."""
   n = 2048 if jax.default_backend() == 'cpu' else 8192
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda a: transformer.float32_matmul(a, a))
+  f = jax.jit(lambda a: matmul.float32_matmul(a, a))
   f(a).block_until_ready()
   best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(10))
   return 2 * n**3 / best
@@ -142,23 +146,21 @@ class Step:
   def __init__(self, config, vocab_size, mesh, rules):
     self.config, self.mesh, self.rules = config, mesh, rules
     self.info = data.DatasetInfo(vocab_size, tuple(config.data.data_shape), str, ())
-    self.model = train.build_model(config, self.info)
+    self.model = models.build(config, self.info)
     self.opt = optim.make_optimizer(config.opt, config.num_train_steps)
     example = jnp.zeros((1,) + self.info.data_shape, jnp.int32)
     with self.context():
-      self.abstract, self.shardings, self.init_params = train.state_shardings(
+      self.abstract, self.shardings, self.init_params = state_lib.abstract_state(
           self.model, self.opt, mesh, rules, example)
       self.fn = train.jit_train_step(self.model, self.opt, config, self.shardings,
-                                     train.batch_sharding(mesh))
+                                     sharding.batch_sharding(mesh))
 
-  @contextlib.contextmanager
   def context(self):
-    with jax.sharding.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      yield
+    return sharding.active(self.mesh, self.rules)
 
   def batch_struct(self, batch_size):
     return jax.ShapeDtypeStruct((batch_size,) + self.info.data_shape, jnp.int32,
-                                sharding=train.batch_sharding(self.mesh))
+                                sharding=sharding.batch_sharding(self.mesh))
 
   def compile(self, batch_size):
     """(compiled, seconds, peak bytes per device, XLA FLOPs per step)."""
@@ -179,11 +181,11 @@ class Step:
   def time(self, compiled, batch_size, steps):
     """(median step seconds, parameters) of `steps` runs of `compiled` after a warm-up."""
     with self.context():
-      state = train.init_state(self.opt, self.init_params, self.shardings,
-                               jax.random.key(0))
+      state = state_lib.init_state(self.opt, self.init_params, self.shardings,
+                                   jax.random.key(0))
       tokens = jax.random.randint(jax.random.key(2), (batch_size,) + self.info.data_shape,
                                   0, self.info.vocab_size)
-      batch = jax.device_put(tokens, train.batch_sharding(self.mesh))
+      batch = jax.device_put(tokens, sharding.batch_sharding(self.mesh))
       rng = jax.random.key(1)
       state, metrics = compiled(state, batch, rng)
       jax.block_until_ready(metrics)
@@ -240,7 +242,7 @@ def device_memory():
 def largest_batch(step, limit):
   """Largest batch (a multiple of 8 per device) whose compiled step fits in `limit` bytes,
   with its compilation; None if even the smallest does not fit."""
-  unit = 8 * train.batch_shards(step.mesh)
+  unit = 8 * sharding.batch_shards(step.mesh)
   infos = {b: step.compile(b) for b in (unit, 2 * unit)}
   if infos[unit][2] > limit:
     return None
@@ -285,35 +287,21 @@ def sweep_rows(name, vocab_size):
 def bench_sampling(name, config, vocab_size, num_samples=16, length=256):
   config.data.data_shape = (length,)
   info = data.DatasetInfo(vocab_size, (length,), str, ())
-  model = train.build_model(config, info)
+  model = models.build(config, info)
   params = model.init({'params': jax.random.key(0), 'sample': jax.random.key(0)},
                       jnp.zeros((1, length), jnp.int32))['params']
   times = {}
   for steps in (1, 1 + _SAMPLE_STEPS.value):
     config.sampling.timesteps = steps
-    gen = jax.jit(sampling.make_generate_fn(model, config.sampling))
+    gen = jax.jit(sampling.make_sampler(model, config.sampling))
     z = jnp.full((num_samples, length), vocab_size)
-    gen(params, jax.random.key(0), z).block_until_ready()
-    times[steps] = min(_timed(lambda: gen(params, jax.random.key(1), z).block_until_ready())
+    jax.block_until_ready(gen(params, jax.random.key(0), z))
+    times[steps] = min(_timed(lambda: jax.block_until_ready(gen(params, jax.random.key(1), z)))
                        for _ in range(3))
   per_step = (times[1 + _SAMPLE_STEPS.value] - times[1]) / _SAMPLE_STEPS.value
   return {'shape': name, 'sampler': config.sampling.sampler,
           'samples x len': f'{num_samples} x {length}',
           'ms per reverse step': f'{1e3 * per_step:.1f}'}
-
-
-def print_row(row):
-  """One finished row, for progress, before its table."""
-  print('  ' + ', '.join(f'{k}: {v}' for k, v in row.items()), flush=True)
-
-
-def print_table(rows):
-  keys = list(dict.fromkeys(k for row in rows for k in row))
-  print('| ' + ' | '.join(keys) + ' |')
-  print('|' + '|'.join('---' for _ in keys) + '|')
-  for row in rows:
-    print('| ' + ' | '.join(str(row.get(k, '')) for k in keys) + ' |')
-  print(flush=True)
 
 
 def main(argv):
@@ -323,9 +311,7 @@ def main(argv):
     if name not in all_shapes:
       raise app.UsageError(f'unknown shape {name!r}; choose from {sorted(all_shapes)}')
   device = jax.devices()[0]
-  malloc = 'mimalloc' if train.mimalloc_preloaded() else 'glibc'
-  print(f'Machine: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), '
-        f'{os.cpu_count()} host cores, jax {jax.__version__}, {malloc} malloc\n', flush=True)
+  print(f'Machine: {hardware.describe()}\n', flush=True)
   rows = []
   for name in _ONLY.value:
     config, vocab_size = all_shapes[name]

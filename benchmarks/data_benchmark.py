@@ -1,17 +1,19 @@
-r"""The OpenWebText data pipeline's speed against MD4-S's train step, on this machine.
+r"""The OpenWebText data pipeline's speed on this machine, printed as a Markdown table.
 
-  python benchmarks/data_benchmark.py [--steps=3] [--rows=100000]
+  python benchmarks/data_benchmark.py [--rows=100000] [--batches=20]
+  python benchmarks/data_benchmark.py --train_tokens_per_s=N   # compare with a train step
 
-1. prepare: prepare_openwebtext_data's tokenization (all cores) of Shakespeare's works,
-   GPT-2 tokens/s: the one-off cost of preparing a corpus.
+1. prepare: prepare_openwebtext_data.py's tokenization (all cores) of Shakespeare's works,
+   GPT-2 tokens/s, start to end in a fresh process: the one-off cost of preparing a corpus.
 2. pipeline: training batches of the `openwebtext` config's layout (512 x 1024 GPT-2 ids,
    uint16 memory-mapped rows) from a `--rows`-row file, alone (`md4.data.train_batch` through
-   the prefetch thread, as the loop runs it) and with the copy into a device array.
-3. train step: MD4-S (md4/configs/md4/openwebtext.py) at batch 1 x 1024: a 2-core CPU takes
-   tens of seconds per example, so batch 512 is out of reach. The step's work is per example
-   but for the AdamW and EMA updates, whose FLOPs (printed) bound how much faster per token
-   batch 512 could be.
-The last line gives pipeline tokens/s over train-step tokens/s.
+   the prefetch thread, as the loop runs it) and with the copy into a device array
+   (md4.sharding's batch sharding over all devices).
+
+Only the data stages are timed: the train step is not built here, since the train loop's
+functions are not a stable interface for a benchmark. Time MD4-S's train step with
+benchmarks/benchmark.py and pass its tokens/s as --train_tokens_per_s; the last line then
+gives the pipeline's tokens/s (with the device copy) over it (target >= 10x).
 """
 
 import json
@@ -24,21 +26,25 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
 import numpy as np
 
-import benchmark
+from benchmarks.tables import print_table
 from md4 import data
-from md4 import train
+from md4 import sharding
 from md4.configs.md4 import openwebtext as owt_config
 from md4.data import text
 
-_ROWS = flags.DEFINE_integer('rows', 100_000, 'Rows of 1024 tokens in the pipeline file.')
+_ROWS = flags.DEFINE_integer('rows', 100_000, 'Rows of the pipeline file.')
 _BATCHES = flags.DEFINE_integer('batches', 20, 'Timed pipeline batches.')
+_BATCH = flags.DEFINE_integer('batch', None, 'Batch size (default: the config\'s, 512).')
+_PREPARE = flags.DEFINE_bool('prepare', True, 'Time the preparation of Shakespeare\'s works.')
+_TRAIN_TOKENS_PER_S = flags.DEFINE_float(
+    'train_tokens_per_s', None, 'MD4-S train-step tokens/s measured elsewhere (e.g. by'
+    ' benchmarks/benchmark.py); when given, the pipeline is compared with it.')
 
 
 def bench_prepare(tmp):
@@ -61,64 +67,54 @@ def bench_prepare(tmp):
           'note': f'{tokens:,} tokens in {seconds:.1f} s with start-up, one-off'}
 
 
-def bench_pipeline(tmp, config):
+def _rows_file(tmp, rows, seq_len):
+  """A [rows, seq_len] uint16 .npy of random GPT-2 ids, opened memory-mapped."""
   path = os.path.join(tmp, 'rows.npy')
-  rows = np.lib.format.open_memmap(path, 'w+', np.uint16, (_ROWS.value, 1024))
-  rows[:] = np.random.default_rng(0).integers(0, 50257, rows.shape, np.uint16)
-  rows.flush()
-  del rows
-  arr = np.load(path, mmap_mode='r')
-  b = config.batch_size
-  tokens = b * 1024 * _BATCHES.value
+  out = np.lib.format.open_memmap(path, 'w+', np.uint16, (rows, seq_len))
+  out[:] = np.random.default_rng(0).integers(0, 50257, out.shape, np.uint16)
+  out.flush()
+  del out
+  return np.load(path, mmap_mode='r')
+
+
+def bench_pipeline(tmp, batch_size, seq_len, seed):
+  """Rows of train_batch through the prefetch thread, alone and copied to the devices."""
+  arr = _rows_file(tmp, _ROWS.value, seq_len)
+  tokens = batch_size * seq_len * _BATCHES.value
+  batch_sharding = sharding.batch_sharding(sharding.make_mesh())
   out = []
-  sharding = train.batch_sharding(train.make_mesh())
   for name, feed in (('pipeline (train_batch + prefetch)', lambda x: x),
                      ('pipeline + device array', lambda x: jax.block_until_ready(
-                         jax.make_array_from_process_local_data(sharding, x)))):
-    batches = data.prefetch(data.train_batch(arr, s, b, config.seed)
+                         sharding.global_batch(batch_sharding, x)))):
+    batches = data.prefetch(data.train_batch(arr, s, batch_size, seed)
                             for s in range(_BATCHES.value + 1))
     feed(next(batches))  # thread started, first batch out
     start = time.perf_counter()
     for batch in batches:
       feed(batch)
     seconds = time.perf_counter() - start
-    out.append({'stage': name, 'batch': f'{b} x 1024', 'tokens/s': tokens / seconds,
-                'note': f'{1e3 * seconds / _BATCHES.value:.0f} ms per batch, memory-mapped'
-                        f' {_ROWS.value:,} x 1024 uint16'})
+    out.append({'stage': name, 'batch': f'{batch_size} x {seq_len}',
+                'tokens/s': tokens / seconds,
+                'note': f'{1e3 * seconds / _BATCHES.value:.1f} ms per batch, memory-mapped'
+                        f' {_ROWS.value:,} x {seq_len} uint16'})
   return out
-
-
-def bench_step(tmp, config, peak):
-  config.data.data_dir = os.path.join(tmp, 'data')
-  config.batch_size = 1
-  row = benchmark.bench_train('MD4-S', config, peak)
-  step_s = float(row['step ms']) / 1e3
-  # FLOPs of the per-step fixed part (AdamW + EMA, ~20 per parameter) against one example's
-  # forward and backward (6 per weight-token): the share by which batch 1 understates the
-  # per-token speed of batch 512.
-  fixed = 20 * float(row['params'].removesuffix('M')) * 1e6
-  per_example = float(row['model GFLOP/step'].split()[0]) * 1e9
-  return [{'stage': 'MD4-S train step', 'batch': '1 x 1024', 'tokens/s': 1024 / step_s,
-           'note': f'{step_s:,.1f} s per step, {row["params"]} parameters, compile'
-                   f' {row["compile s"]} s; per token, batch 512 is at most'
-                   f' {100 * fixed / per_example:.1f}% faster (fixed update FLOPs)'}]
 
 
 def main(argv):
   del argv
-  peak = benchmark.matmul_peak()
-  print(f'Machine: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax '
-        f'{jax.__version__}; float32 matmul peak {peak / 1e9:.0f} GFLOP/s\n', flush=True)
+  print(f'Machine: {jax.devices()[0].device_kind} x {jax.device_count()}, {os.cpu_count()}'
+        f' cores, jax {jax.__version__}\n', flush=True)
   config = owt_config.get_config()
+  batch_size = _BATCH.value or config.batch_size
   with tempfile.TemporaryDirectory() as tmp:
-    rows = [bench_prepare(tmp), *bench_pipeline(tmp, config)]
-    rows += bench_step(tmp, owt_config.get_config(), peak)
-  ratio = rows[2]['tokens/s'] / rows[-1]['tokens/s']  # with the device copy / the step
-  benchmark.print_table([r | {'tokens/s': f'{r["tokens/s"]:,.0f}'} for r in rows])
-  print(f'Pipeline with the device copy / MD4-S train step: {ratio:,.0f}x'
-        ' (target >= 10x)')
+    rows = [bench_prepare(tmp)] if _PREPARE.value else []
+    rows += bench_pipeline(tmp, batch_size, config.data.data_shape[0], config.seed)
+  print_table([r | {'tokens/s': f'{r["tokens/s"]:,.0f}'} for r in rows])
+  if _TRAIN_TOKENS_PER_S.value:
+    ratio = rows[-1]['tokens/s'] / _TRAIN_TOKENS_PER_S.value
+    print(f'Pipeline with the device copy / MD4-S train step'
+          f' ({_TRAIN_TOKENS_PER_S.value:,.0f} tokens/s): {ratio:,.0f}x (target >= 10x)')
 
 
 if __name__ == '__main__':
-  flags.FLAGS.set_default('steps', 1)  # timed train steps (benchmark.py's flag)
   app.run(main)

@@ -17,7 +17,6 @@ import ast
 import copy
 import json
 import os
-import platform
 import sys
 import time
 
@@ -26,10 +25,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import jax
 
+from md4 import hardware
 from md4 import inference
 from md4 import judges
+from md4 import run as run_lib
 
 # Variant -> (sampler, config.sampling overrides for length L, reverse steps for an NFE
 # budget n (None: the sampler sets its own count), the budgets it runs at (None: all)).
@@ -64,17 +64,6 @@ _PRINT_ONLY = flags.DEFINE_bool('print_only', False, 'Print --results; sample no
 flags.mark_flags_as_required(['workdir'])
 
 
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
-    if names:
-      cpu = f'{names[0]} x {len(names)} threads'
-  devices = jax.devices()
-  return f'{cpu}; JAX {jax.__version__} on {len(devices)} {devices[0].device_kind}'
-
-
 def print_table(rows):
   print(f'{"variant":<32} {"steps":>5} {"NFE":>6} {"gen PPL":>8} {"± %":>5} '
         f'{"entropy":>7} {"±":>6} {"s/sample":>8}')
@@ -96,11 +85,11 @@ def main(argv):
   unknown = set(_VARIANTS.value) - set(VARIANTS)
   if unknown:
     raise app.UsageError(f'unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}')
-  run = inference.load_run(_WORKDIR.value)
+  run = run_lib.load_run(_WORKDIR.value)
   judge = judges.load(_JUDGE.value)
   length = run.info.data_shape[0]
   print(f'{_WORKDIR.value} (step {run.step}, EMA), judge {judge.name}; {_NUM.value} samples'
-        f' of {length} per cell; {machine()}', flush=True)
+        f' of {length} per cell; {hardware.describe()}', flush=True)
   done = {(r['workdir'], r['variant'], r['budget']) for r in rows}
   extra = {}
   for item in _SET.value:
@@ -128,7 +117,7 @@ def main(argv):
       row = {'workdir': _WORKDIR.value, 'variant': name, 'budget': budget,
              'steps': config.timesteps if steps_of else 0, 'nfe': float(out.nfe.mean()),
              'seconds_per_sample': out.seconds / _NUM.value, **q,
-             'machine': machine(), 'wall_seconds': time.time() - begin}
+             'machine': hardware.describe(), 'wall_seconds': time.time() - begin}
       rows.append(row)
       print_table([row])
       if _RESULTS.value:
@@ -137,7 +126,7 @@ def main(argv):
   print()
   print_table([r for r in rows if r['workdir'] == _WORKDIR.value])
   print(f'ln of generative perplexity: ± is its standard error over samples, in %.'
-        f' Entropy in nats. {machine()}')
+        f' Entropy in nats. {hardware.describe()}')
 
 
 if __name__ == '__main__':

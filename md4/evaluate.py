@@ -22,13 +22,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from md4 import cli
 from md4 import configs
 from md4 import inference
 from md4 import judges
+from md4 import run as run_lib
+from md4 import samples
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run\'s directory.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-_PARAMS = flags.DEFINE_enum('params', 'ema', inference.PARAMS, 'Which parameters.')
+_PARAMS = flags.DEFINE_enum('params', 'ema', run_lib.PARAMS, 'Which parameters.')
 _SPLIT = flags.DEFINE_list('split', [], 'Splits to evaluate (default: the eval splits).')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', 0, 'Evaluate only the first N rows.')
 _SEED = flags.DEFINE_integer('seed', None, 'Seed of the draws (default: the run\'s eval key).')
@@ -46,16 +49,17 @@ def main(argv):
       raise app.UsageError('--samples needs --judge')
     judge = judges.load(_JUDGE.value)
     for path in _SAMPLES.value:
-      q = judges.quality(judge, inference.read_samples(path), _BATCH.value)
+      q = judges.quality(judge, samples.read(path), _BATCH.value)
       print(judges.format_quality(judge, path, q), flush=True)
     return
   if not _WORKDIR.value:
     raise app.UsageError('give --workdir (a run to evaluate) or --samples and --judge')
-  run = inference.load_run(_WORKDIR.value, _CONFIG.value, _STEP.value, _PARAMS.value)
+  run = run_lib.load_run(_WORKDIR.value, _CONFIG.value, _STEP.value, _PARAMS.value)
   results = inference.evaluate_elbo(run, _SPLIT.value, _SEED.value, _MAX_EXAMPLES.value)
   print(inference.format_elbo(run, results), flush=True)
 
 
 if __name__ == '__main__':
-  _CONFIG = configs.define_saved_config_flag(sys.argv)
-  app.run(main)
+  with cli.user_errors():
+    _CONFIG = configs.define_saved_config_flag(sys.argv)
+  cli.run(main)

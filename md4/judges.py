@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from md4 import run as run_lib
 from md4.data import tokenizer
 from md4.networks import gpt2
 
@@ -41,33 +42,26 @@ class Judge:
 
 def ar_judge(workdir: str, step: int | None = None) -> Judge:
   """The autoregressive run in workdir (EMA parameters) as a judge."""
-  from md4 import inference  # pylint: disable=g-import-not-at-top  (imports the trainer)
-  run = inference.load_run(workdir, step=step)
-  if not getattr(run.model, 'autoregressive', False):
-    raise ValueError(f'{workdir} holds a {run.config.model_type!r} run; a judge is an'
+  loaded = run_lib.load_run(workdir, step=step)
+  if not loaded.model.autoregressive:
+    raise ValueError(f'{workdir} holds a {loaded.config.model_type!r} run; a judge is an'
                      " autoregressive one (model_type 'ar', e.g. md4/configs/ar/shakespeare.py)")
-  encode = inference.text_encoder(run.config, run.info)
-  model, params = run.model, run.params
-
+  model, params = loaded.model, loaded.params
   apply = jax.jit(lambda ids: model.apply({'params': params}, ids, method=model.log_probs))
 
   def log_probs(ids):
-    with run.context():
+    with loaded.context():
       return apply(ids)
 
-  return Judge(f'AR run {workdir} (step {run.step})', encode, run.info.data_shape[0],
-               log_probs)
+  return Judge(f'AR run {workdir} (step {loaded.step})', loaded.text_encoder(),
+               loaded.info.data_shape[0], log_probs)
 
 
 def gpt2_judge(path_or_name: str) -> Judge:
   """GPT-2 from a folder of its Hugging Face files or the local cache, as a judge."""
   params, hparams = gpt2.load(path_or_name)
-  return Judge(f'GPT-2 {path_or_name}', gpt2_encode, hparams.n_positions - 1,
+  return Judge(f'GPT-2 {path_or_name}', tokenizer.encode, hparams.n_positions - 1,
                jax.jit(functools.partial(gpt2_log_probs, params, hparams)))
-
-
-def gpt2_encode(text: str) -> np.ndarray:
-  return np.asarray(tokenizer.gpt2().encode(text).ids, np.int32)
 
 
 def gpt2_log_probs(params, hparams, ids):

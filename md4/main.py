@@ -7,11 +7,12 @@ Multi-host: run the same command on every host with --distributed (JAX then find
 coordinator on SLURM, Open MPI, TPU pods, or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
 and JAX_PROCESS_ID), or with --coordinator_address, --num_processes and --process_id.
 
-SIGTERM or SIGINT (Ctrl-C) stops the run after its current step with a checkpoint, and the
-exit status 128 + the signal's number (143, 130); the same command resumes it.
+SIGTERM or SIGINT (Ctrl-C) stops the run after its current step (or within its eval or
+sampling) with a checkpoint, and the exit status 128 + the signal's number (143, 130); the
+same command resumes it. A problem with the config, the data or the workdir is printed as
+one line, with exit status 1.
 """
 
-import logging as std_logging
 import os
 import shlex
 import signal
@@ -27,6 +28,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from md4 import cli
+from md4 import hardware
+from md4 import preemption
 from md4 import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,17 +51,14 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # Orbax logs every checkpoint step at INFO; keep its warnings only.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if jax.process_index() != 0:  # process 0 logs; the others only warn
     logging.set_verbosity(logging.WARNING)
-  train.warn_without_mimalloc()
+  hardware.warn_without_mimalloc()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, sharded=_SHARDED.value)
-  except train.Preempted as e:
+  except preemption.Preempted as e:
     python = os.path.relpath(sys.executable)
     command = shlex.join([sys.executable if python.startswith('..') else python] + sys.argv)
     print(f'{e} To resume, run the same command again (the same --workdir resumes from '
@@ -66,4 +67,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

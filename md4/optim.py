@@ -47,7 +47,7 @@ def learning_rate_schedule(opt_config, num_train_steps, lr=None):
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
-def _muon_axes(path, x):
+def muon_axes(path, x):
   """(batch, reduction, output) axes of a block matrix in MUON_MATRICES, or None (AdamW)."""
   names = tuple(getattr(k, 'key', None) for k in path[-2:])
   if names not in MUON_MATRICES or x.ndim not in (2, 3):
@@ -55,9 +55,10 @@ def _muon_axes(path, x):
   return tuple(range(x.ndim - 2)), (x.ndim - 2,), (x.ndim - 1,)
 
 
-def _muon_labels(params):
+def muon_labels(params):
+  """'muon' for each block matrix Muon orthogonalises (`muon_axes`), 'adamw' elsewhere."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: 'adamw' if _muon_axes(path, x) is None else 'muon', params)
+      lambda path, x: 'adamw' if muon_axes(path, x) is None else 'muon', params)
 
 
 def newton_schulz(x, dtype=jnp.float32, steps=NS_STEPS):
@@ -66,7 +67,8 @@ def newton_schulz(x, dtype=jnp.float32, steps=NS_STEPS):
   X₀ = X/(‖X‖_F + ε), then `steps` times X ← aX + (bA + cA²)X with A = XXᵀ and
   (a, b, c) = NS_COEFFS (Jordan et al., 2024): the same iteration as optax.contrib's, with
   `dtype` operands accumulated in float32. Written over a leading axis of size 1 like
-  transformer._matmul, so that XLA's CPU backend runs 16-bit operands on its AMX kernels.
+  md4.networks.matmul's products, so that XLA's CPU backend runs 16-bit operands on its AMX
+  kernels.
   """
   a, b, c = NS_COEFFS
   dot = lambda spec, u, v: jnp.einsum(spec, u.astype(dtype)[None], v.astype(dtype)[None],
@@ -80,20 +82,21 @@ def newton_schulz(x, dtype=jnp.float32, steps=NS_STEPS):
 
 
 def orthogonalise(updates, dtype=jnp.float32):
-  """Each block kernel's matrices (MUON_AXES) orthogonalised, scaled by √max(1, fan_out/fan_in)
-  for width transfer as optax.contrib.muon does; leaves labelled AdamW are returned as is.
+  """Each block kernel's matrices (MUON_MATRICES) orthogonalised, scaled by
+  √max(1, fan_out/fan_in) for width transfer as optax.contrib.muon does; leaves labelled
+  AdamW are returned as is.
 
   Within a block, matrices of one shape (transposed to the wide orientation first) are
-  stacked into one Newton-Schulz batch: q, k, v and the attention output; W1, W3 and W2. A few larger products instead of many small ones, while each block's batch
-  can still start as soon as its gradients are ready, during the backward pass of the
-  blocks below it. On the Shakespeare default's CPU step this grouping takes 63.5 ms in
-  all, against 68.4 with one batch across blocks and 66.1 with one batch per kernel.
+  stacked into one Newton-Schulz batch: q, k, v and the attention output; W1, W3 and W2.
+  A few larger products instead of many small ones, while each block's batch can still
+  start as soon as its gradients are ready, during the backward pass of the blocks below
+  it: faster on a CPU than one batch across blocks or one per kernel (docs/experiments.md).
   """
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
   groups = collections.defaultdict(list)  # (block, m, n) -> [(leaf index, [G, m, n])]
   layouts = {}
   for i, (path, u) in enumerate(paths_leaves):
-    axes = _muon_axes(path, u)
+    axes = muon_axes(path, u)
     if axes is None:
       continue
     batch, reduction, output = axes
@@ -153,8 +156,8 @@ def make_optimizer(opt_config, num_train_steps):
   'muon': Muon (Jordan et al., 2024: Nesterov momentum 0.95, its update orthogonalised by
   Newton-Schulz iterations) at `muon_learning_rate` on the transformer blocks' matrices, and
   AdamW with Nesterov momentum (as in optax's Muon) at `learning_rate` on the rest
-  (embeddings, output layer, norms, time conditioning): on the Shakespeare default that
-  momentum is worth 0.045 bits after 1000 steps. Both follow the same warm-up and decay.
+  (embeddings, output layer, norms, time conditioning), a momentum that lowers the
+  Shakespeare default's bits (docs/experiments.md). Both follow the same warm-up and decay.
   """
   if opt_config.optimizer not in OPTIMIZERS:
     raise ValueError(f'unknown opt.optimizer {opt_config.optimizer!r}; '
@@ -175,7 +178,7 @@ def make_optimizer(opt_config, num_train_steps):
         optax.add_decayed_weights(opt_config.weight_decay),
         optax.scale_by_learning_rate(learning_rate_schedule(
             opt_config, num_train_steps, opt_config.muon_learning_rate)))
-    opt = optax.partition({'muon': muon, 'adamw': opt}, _muon_labels)
+    opt = optax.partition({'muon': muon, 'adamw': opt}, muon_labels)
   if opt_config.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip), opt)
   return opt

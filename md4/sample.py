@@ -22,12 +22,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from md4 import cli
 from md4 import configs
 from md4 import inference
+from md4 import run as run_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run\'s directory.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-_PARAMS = flags.DEFINE_enum('params', 'ema', inference.PARAMS, 'Which parameters.')
+_PARAMS = flags.DEFINE_enum('params', 'ema', run_lib.PARAMS, 'Which parameters.')
 _SAMPLER = flags.DEFINE_string('sampler', None, 'A key of md4.sampling.SAMPLERS (default:'
                                " the run's config.sampling.sampler).")
 _STEPS = flags.DEFINE_integer('steps', None, 'Reverse steps (config.sampling.timesteps).')
@@ -58,5 +60,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _CONFIG = configs.define_saved_config_flag(sys.argv)
-  app.run(main)
+  with cli.user_errors():
+    _CONFIG = configs.define_saved_config_flag(sys.argv)
+  cli.run(main)

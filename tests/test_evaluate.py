@@ -14,6 +14,9 @@ from md4 import configs
 from md4 import data
 from md4 import inference
 from md4 import judges
+from md4 import run as run_lib
+from md4 import samples
+from md4 import sharding
 from md4 import train
 from md4.configs import base
 from md4.configs.ar import as_ar
@@ -55,7 +58,7 @@ def runs(tmp_path_factory):
 
 def test_evaluate_reproduces_the_final_eval_of_training(runs):
   md4_dir, md4_metrics, ar_dir, ar_metrics = runs
-  run = inference.load_run(str(md4_dir))
+  run = run_lib.load_run(str(md4_dir))
   assert run.step == 6 and run.config == configs.load(str(md4_dir))
   results = inference.evaluate_elbo(run)
   for split in ('valid', 'test'):
@@ -64,13 +67,13 @@ def test_evaluate_reproduces_the_final_eval_of_training(runs):
   other = inference.evaluate_elbo(run, ['valid'], seed=1)['valid']
   assert other['loss'] != results['valid']['loss']
   assert abs(other['loss'] - results['valid']['loss']) < 6 * results['valid']['stderr']
-  ar = inference.evaluate_elbo(inference.load_run(str(ar_dir)))
+  ar = inference.evaluate_elbo(run_lib.load_run(str(ar_dir)))
   assert ar['valid']['loss'] == pytest.approx(ar_metrics['valid_loss'], rel=1e-6)
   assert ar['valid']['stderr'] == 0.0 and ar['valid']['draws'] == 0
-  raw = inference.load_run(str(md4_dir), step=3, params='raw')
+  raw = run_lib.load_run(str(md4_dir), step=3, params='raw')
   assert raw.step == 3 and raw.which_params == 'raw'
   with pytest.raises(ValueError, match=r'no checkpoint at step 4 .* \[3, 6\]'):
-    inference.load_run(str(md4_dir), step=4)
+    run_lib.load_run(str(md4_dir), step=4)
   with pytest.raises(ValueError, match='unknown split'):
     inference.evaluate_elbo(run, ['dev'])
 
@@ -79,7 +82,7 @@ def test_ar_judge_scores_text_as_the_ar_loss_does(runs):
   """Decoded valid windows, re-encoded and scored by the judge: the AR model's NLL."""
   _, _, ar_dir, _ = runs
   judge = judges.ar_judge(str(ar_dir))
-  run = inference.load_run(str(ar_dir))
+  run = run_lib.load_run(str(ar_dir))
   windows = np.asarray(run.splits['valid'][:5])
   nll, tokens = judges.score(judge, [run.info.decode(w) for w in windows], batch_size=4)
   assert list(tokens) == [32] * 5
@@ -98,7 +101,7 @@ def test_sample_cli_then_scores_the_samples(runs, tmp_path):
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'NFE per sample: mean 25.0 (min 25, max 25)' in proc.stdout  # 32 − 6 − 1 to fill
-  texts = inference.read_samples(str(out))
+  texts = samples.read(str(out))
   assert len(texts) == 4 and all(t.startswith('ROMEO:') and t.endswith('.') for t in texts)
   q = judges.quality(judges.ar_judge(str(ar_dir)), texts)
   assert q['samples'] == 4 and q['tokens'] == 4 * 32 and q['gen_ppl'] > 1
@@ -107,7 +110,7 @@ def test_sample_cli_then_scores_the_samples(runs, tmp_path):
 
 def test_long_samples_need_blocks(runs):
   md4_dir, _, _, _ = runs
-  run = inference.load_run(str(md4_dir))
+  run = run_lib.load_run(str(md4_dir))
   config = run.config.sampling
   with pytest.raises(ValueError, match='block_size'):
     inference.draw_samples(run, config, 2, length=40)
@@ -128,10 +131,9 @@ def test_prompts_and_samples_files(tmp_path):
   with pytest.raises(ValueError, match='longer than --length'):
     inference.prompt_tokens(encode, m, 3, infill='abcd')
   texts = ['one\ntwo', '', 'three ==']
-  _, contents = data.format_samples(texts, 'text')
   path = tmp_path / 's.txt'
-  path.write_text(contents)
-  assert inference.read_samples(str(path)) == texts
+  path.write_text(samples.format_texts(texts, 'text'))
+  assert samples.read(str(path)) == texts
 
 
 def test_score_chunks_long_texts_and_entropy_counts_tokens():
@@ -158,10 +160,10 @@ def test_zero_shot_evaluation_on_other_prepared_text(tmp_path):
   train.train_and_evaluate(tiny('md4.configs.md4.openwebtext', tmp_path / 'mine_data'),
                            workdir)
   # Raw parameters: the paper config's EMA (0.9999, no warm-up) is still the init's.
-  own = inference.load_run(workdir, params='raw')
+  own = run_lib.load_run(workdir, params='raw')
   config = configs.load(workdir)
   config.data.data_dir = str(tmp_path / 'other_data')
-  other = inference.load_run(workdir, config, params='raw')
+  other = run_lib.load_run(workdir, config, params='raw')
   mine, theirs = (inference.evaluate_elbo(r, ['valid'])['valid'] for r in (own, other))
   assert mine['loss'] != theirs['loss'] and np.isfinite(theirs['loss'])
   printed = inference.format_elbo(other, {'valid': theirs})
@@ -173,11 +175,12 @@ def test_images_are_sampled_to_a_png_grid(tmp_path):
   info = data.DatasetInfo(3, (4, 4, 1), lambda x: images.to_pixels(x, 3), ())
   config = base.get_config()
   config.sampling.timesteps = 4
-  run = inference.Run('w', config, info, {}, model, {}, 0, 'ema', train.make_mesh(),
-                      train.DATA_PARALLEL_RULES)
+  run = run_lib.Run('w', config, info, {}, model, {}, 0, 'ema', sharding.make_mesh(),
+                    sharding.DATA_PARALLEL_RULES)
   out = inference.draw_samples(run, config.sampling, 4, batch_size=2)
   assert out.tokens.shape == (4, 4, 4, 1) and list(out.nfe) == [4] * 4
-  path = inference.write_samples(str(tmp_path / 'grid.png'), out.tokens, info)
+  path = str(tmp_path / 'grid.png')
+  samples.write(path, out.tokens, info)
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   with pytest.raises(ValueError, match='sequences'):
     inference.draw_samples(run, run.config.sampling, 2, length=8)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -23,7 +24,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from md4 import checkpoint
 from md4 import data
+from md4 import preemption
+from md4 import reporting
 from md4 import train
 from test_train import ROOT, cli_args, tiny_config
 
@@ -199,7 +203,7 @@ def test_sigint_stops_with_a_checkpoint_and_unreadable_ones_are_kept_and_skipped
     return train_batch(split, step, *args)
 
   monkeypatch.setattr(data, 'train_batch', interrupting_train_batch)
-  with pytest.raises(train.Preempted, match=r'SIGINT received: stopped after step') as e:
+  with pytest.raises(preemption.Preempted, match=r'SIGINT received: stopped after step') as e:
     train.train_and_evaluate(tiny_config(**FAULTS), str(tmp_path))
   stopped = e.value.step
   assert 40 < stopped < 60
@@ -218,7 +222,7 @@ def test_sigint_stops_with_a_checkpoint_and_unreadable_ones_are_kept_and_skipped
   assert re.search(r'checkpoint at step 40 in \S+ cannot be read \(\w+: ', warnings)
   assert 'resuming from step 20' in warnings
   for step in (40, stopped):
-    assert _files(tmp_path / train.UNREADABLE_DIR / str(step)) == damaged[step]
+    assert _files(tmp_path / checkpoint.UNREADABLE_DIR / str(step)) == damaged[step]
   assert_same_run(reference, tmp_path)
   assert _records(tmp_path)[0]['step'] == 2
 
@@ -245,14 +249,14 @@ def test_nan_check_stops_at_the_first_non_finite_step_reading_metrics_at_log_ste
     return np.full_like(batch, 10**6) if step == 22 else batch  # the batch of step 23
 
   checked = []
-  check_finite = train._check_finite
+  check_finite = reporting.check_finite
 
   def recording_check_finite(first_step, history, manager):
     checked.append((first_step, len(history)))
     return check_finite(first_step, history, manager)
 
   monkeypatch.setattr(data, 'train_batch', corrupting_train_batch)
-  monkeypatch.setattr(train, '_check_finite', recording_check_finite)
+  monkeypatch.setattr(reporting, 'check_finite', recording_check_finite)
   with pytest.raises(FloatingPointError, match=r"'loss' is nan at step 23; lower "
                      r'opt.learning_rate.* The last checkpoint, step 20 in \S+, is from '
                      r'before it; rerun with the same workdir'):
@@ -270,7 +274,7 @@ def test_stop_request_handles_sigterm_once_and_leaves_ignored_signals_alone(requ
   request.addfinalizer(lambda: [signal.signal(s, h) for s, h in previous.items()])
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
-  with train.StopRequest(0) as signals:
+  with preemption.StopRequest(0) as signals:
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) == signals._handle
     assert not signals.stop(1)
@@ -313,7 +317,7 @@ def test_progress_line_in_place_on_a_terminal_and_plain_lines_elsewhere():
   first step returns at t = 10 s (after compiling), then 0.5 s per step."""
   def run(tty):
     now = [0.0]
-    line = train.ProgressLine(10, _Stream(tty), every_secs=2.5, redraw_secs=0.0,
+    line = reporting.ProgressLine(10, _Stream(tty), every_secs=2.5, redraw_secs=0.0,
                               clock=lambda: now[0])
     for step in range(1, 11):
       now[0] = 10 + 0.5 * (step - 1)
@@ -350,8 +354,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-from md4 import train
-with train.StopRequest(0) as signals:
+from md4 import preemption
+with preemption.StopRequest(0) as signals:
   for step in range(1, 10**6):
     multihost_utils.process_allgather(np.int32(step))
     if step == 10:
@@ -379,3 +383,52 @@ def test_two_processes_stop_after_the_same_step_when_one_gets_sigint(tmp_path, s
            for log in logs]
   assert stops[0] and stops[1] and stops[0][1] == stops[1][1]
   assert (stops[0][2], stops[1][2]) == ('None', 'SIGINT')
+
+
+def _sigterm_when(condition, delay):
+  """A thread that sends this process SIGTERM `delay` seconds after `condition()` holds;
+  returns a list that receives the time of the signal."""
+  sent = []
+
+  def watch():
+    deadline = time.monotonic() + 240
+    while not condition() and time.monotonic() < deadline:
+      time.sleep(0.01)
+    time.sleep(delay)
+    sent.append(time.monotonic())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  threading.Thread(target=watch, daemon=True).start()
+  return sent
+
+
+@pytest.mark.parametrize('phase', ['eval', 'samples'])
+def test_sigterm_during_the_last_eval_or_sampling_stops_within_seconds(
+    tmp_path, request, phase):
+  """The last step's checkpoint is saved before its eval and samples. An eval (10,000 draws
+  per batch) or a sampling run (10^6 reverse steps) that would take many minutes stops
+  within seconds of SIGTERM, with that checkpoint in place; the rerun does what was cut
+  short (with a shorter eval or sampling) and finishes, one record per step."""
+  previous = signal.getsignal(signal.SIGTERM)
+  request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
+  long = {'eval_repeats': 10_000} if phase == 'eval' else {'sampling.timesteps': 10**6}
+  config = lambda **kw: tiny_config(**{'num_train_steps': 4, 'eval_every_steps': 4,
+                                       'sample_every_steps': 4, 'checkpoint_every_steps': 4,
+                                       **kw})
+  sent = _sigterm_when(lambda: (tmp_path / 'checkpoints' / '4').exists(), delay=3.0)
+  with pytest.raises(preemption.Preempted, match='SIGTERM received: stopped after step 4 '
+                     'of 4') as stopped:
+    train.train_and_evaluate(config(**long), str(tmp_path))
+  assert time.monotonic() - sent[0] < 60
+  assert stopped.value.step == 4 and os.listdir(tmp_path / 'checkpoints') == ['4']
+  record = _records(tmp_path)[-1]
+  assert record['step'] == 4 and ('valid_loss' in record) == (phase == 'samples')
+  assert not (tmp_path / 'samples').exists()
+
+  metrics = train.train_and_evaluate(config(), str(tmp_path))
+  records = _records(tmp_path)
+  assert [r['step'] for r in records] == [2, 4]
+  assert records[-1]['valid_loss'] == pytest.approx(metrics['valid_loss'])
+  assert (record.items() <= records[-1].items()) and 'loss' in records[-1]
+  assert (tmp_path / 'samples' / 'step_00000004.txt').exists()
+  assert os.listdir(tmp_path / 'checkpoints') == ['4']

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from md4 import data
+from md4 import models
 from md4 import networks
-from md4 import train
 from md4.configs.md4 import cifar10
 from md4.configs.md4 import imagenet64
 from md4.networks import dit
@@ -54,7 +54,7 @@ def test_paper_networks_have_the_original_releases_parameter_shapes(name):
   shape = tuple(config.data.data_shape)
   info = data.DatasetInfo(256, shape, lambda x: x, ('test',),
                           num_classes=10 if class_conditional else 0)
-  model = train.build_model(config, info)
+  model = models.build(config, info)
   z = jnp.zeros((1,) + shape, jnp.int32)
   label = jnp.zeros((1,), jnp.int32) if class_conditional else None
   params = jax.eval_shape(lambda: model.init(

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from md4 import data
 from md4 import sampling
+from md4.sampling import net as sampling_net
 from md4 import train
 from md4.configs.md4 import digits as digits_config
 from md4.data import images
@@ -188,7 +189,7 @@ def test_guidance_tilts_the_conditional_by_the_unconditional():
   z = jax.random.randint(jax.random.key(4), (3, 4, 4, 1), 0, 6)
   t, label = jnp.full((3,), 0.6), jnp.array([0, 1, 2])
   w = 1.5
-  guide = jax.jit(functools.partial(sampling.guided_logits, model),
+  guide = jax.jit(functools.partial(sampling_net.guided_logits, model),
                   static_argnames='guidance_scale')
   guided = guide(variables, z, t, label, guidance_scale=w)
   predict = jax.jit(functools.partial(model.apply, method=model.predict_logits))
@@ -209,13 +210,14 @@ def test_guided_conditional_generation_leaves_no_mask():
   model, params = _conditional_model()
   config = ml_collections.ConfigDict(dict(sampler='ancestral', sampling_grid='cosine',
                                           timesteps=4, topp=0.9, guidance_scale=2.0))
-  generate = jax.jit(sampling.make_generate_fn(model, config))
+  generate = jax.jit(sampling.make_sampler(model, config))
   prior = model.apply({'params': params}, jax.random.key(0), 6, method=model.sample_prior)
-  out = generate(params, jax.random.key(1), prior, jnp.asarray(images.sample_labels(6, 3)))
+  out, _ = generate(params, jax.random.key(1), prior,
+                    jnp.asarray(images.sample_labels(6, 3)))
   assert out.shape == (6, 4, 4, 1) and int(out.min()) >= 0 and int(out.max()) < 5
   config.guidance_scale = -1.0
   with pytest.raises(ValueError, match='guidance_scale must be >= 0'):
-    sampling.make_generate_fn(model, config)
+    sampling.make_sampler(model, config)
 
 
 @pytest.mark.parametrize('sampler', sorted(sampling.SAMPLERS))
@@ -225,7 +227,7 @@ def test_every_sampler_generates_images(sampler):
                                           timesteps=4, topp=0.9, guidance_scale=0.0))
   prior = model.apply({}, jax.random.key(0), 5, method=model.sample_prior)
   assert prior.shape == (5, 4, 4, 3)
-  out = jax.jit(sampling.make_generate_fn(model, config))({}, jax.random.key(1), prior)
+  out, _ = jax.jit(sampling.make_sampler(model, config))({}, jax.random.key(1), prior)
   assert out.shape == (5, 4, 4, 3) and int(out.min()) >= 0 and int(out.max()) < 3
 
 

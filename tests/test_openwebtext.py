@@ -1,4 +1,5 @@
-"""The GPT-2 tokenizer and the OpenWebText / FineWeb-Edu preparation and readers.
+"""The GPT-2 tokenizer, the OpenWebText / FineWeb-Edu preparation (md4.preparation) and
+readers (md4.data.openwebtext).
 
 The preparation runs on Shakespeare's works (one .txt document per work) through the same
 code path as OpenWebText.
@@ -6,7 +7,9 @@ code path as OpenWebText.
 
 import importlib
 import json
+import pathlib
 import shutil
+import subprocess
 import sys
 import types
 
@@ -18,7 +21,11 @@ import pyarrow as pa
 import pytest
 
 from md4 import data
+from md4 import models
 from md4 import optim
+from md4 import preparation
+from md4 import sharding
+from md4 import state as state_lib
 from md4 import train
 from md4.data import openwebtext
 from md4.data import text
@@ -44,7 +51,7 @@ def shakespeare_folder(path):
 def prepare(source, data_dir, name='openwebtext', **kwargs):
   kwargs = dict(seq_len=SEQ_LEN, split='documents', eval_fraction=EVAL_FRACTION,
                 shard_docs=4, num_workers=2, progress=False) | kwargs
-  return openwebtext.prepare(name, str(data_dir), source=str(source), **kwargs)
+  return preparation.prepare(name, str(data_dir), source=str(source), **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -59,11 +66,27 @@ def prepared(tmp_path_factory):
 
 
 def test_gpt2_tokenizer_vocab_and_round_trip():
-  tok = tokenizer.gpt2()
-  assert tok.get_vocab_size() == 50257
-  assert tok.encode('Hello world').ids == [15496, 995]  # GPT-2's ids
-  doc = 'To be, or not to be: that is the question.\n\tÜnïcödé'
-  assert tokenizer.decode(tok.encode(doc).ids) == doc
+  ids = tokenizer.encode('Hello world')
+  assert ids.dtype == np.int32 and ids.tolist() == [15496, 995]  # GPT-2's ids
+  assert tokenizer.decode([tokenizer.EOT_ID]) == '<|endoftext|>'  # the last of 50257 ids
+  for doc in ('To be, or not to be: that is the question.\n\tÜnïcödé',
+              '  runs   of\t\tspaces\n\n\nand 日本語 🙂 , . isn \'t', ''):
+    assert tokenizer.decode(tokenizer.encode(doc)) == doc
+
+
+def test_literal_endoftext_is_text():
+  ids = tokenizer.encode('a <|endoftext|> b').tolist()
+  assert ids == [64, 1279, 91, 437, 1659, 5239, 91, 29, 275]  # "<", "|", "end", ...
+  assert tokenizer.EOT_ID not in tokenizer.encode('<|endoftext|>')
+
+
+def test_gpt2_datasets_have_recipes_and_reading_skips_preparation():
+  assert tuple(preparation.RECIPES) == openwebtext.GPT2_DATASETS
+  imported = subprocess.run(  # a fresh process: this one has imported both
+      [sys.executable, '-c', 'import sys, md4.data; print(sorted(sys.modules))'],
+      check=True, capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1]).stdout
+  for module in ('md4.preparation', 'transformers'):
+    assert repr(module) not in imported, module
 
 
 def test_documents_end_with_eot_and_literal_eot_is_text():
@@ -98,13 +121,12 @@ def test_tokenizer_offline_uses_package_files_and_missing_files_fail(monkeypatch
 
 def reference_streams(source):
   """Independent of the sharded path: one process, one document at a time."""
-  tok = tokenizer.gpt2()
   docs = sorted(source.rglob('*.txt'))
   streams = {'train': [], 'valid': []}
   for i, f in enumerate(docs):
     split = 'valid' if np.floor((i + 1) * EVAL_FRACTION) > np.floor(i * EVAL_FRACTION) else (
         'train')
-    streams[split] += tok.encode(f.read_text('utf-8')).ids + [tokenizer.EOT_ID]
+    streams[split] += tokenizer.encode(f.read_text('utf-8')).tolist() + [tokenizer.EOT_ID]
   return streams
 
 
@@ -194,7 +216,7 @@ def test_every_local_source_kind_reads_the_same_documents(tmp_path):
   save_like_datasets(saved_dict / 'train', docs, num_files=1)
   (saved_dict / 'dataset_dict.json').write_text(json.dumps({'splits': ['train']}))
   for source in (folder, jsonl, saved, saved_dict):
-    assert list(openwebtext.local_documents(str(source))) == docs, source
+    assert list(preparation.local_documents(str(source))) == docs, source
   a = prepare(folder, tmp_path / 'a', seq_len=8, eval_fraction=0.34, num_workers=1)
   b = prepare(saved, tmp_path / 'b', seq_len=8, eval_fraction=0.34, num_workers=1)
   assert a['splits'] == b['splits']
@@ -203,7 +225,7 @@ def test_every_local_source_kind_reads_the_same_documents(tmp_path):
                                   np.load(tmp_path / 'b/openwebtext' / f'{split}.npy'))
   (saved / 'state.json').unlink()
   with pytest.raises(FileNotFoundError, match='not a folder written by'):
-    list(openwebtext.local_documents(str(saved)))
+    list(preparation.local_documents(str(saved)))
 
 
 def random_documents(n, seed=0):
@@ -215,7 +237,6 @@ def random_documents(n, seed=0):
 def original_chunk_split(docs, seq_len, eval_fraction, group_docs):
   """The original release's prepare_openwebtext_data.py loop, its unseeded shuffle of each
   group's rows replaced by the order default_rng([0, group]).permutation(n)."""
-  tok = tokenizer.gpt2()
   train, valid, all_tokens = [], [], []
   group = count = count_per_save = 0
 
@@ -232,7 +253,7 @@ def original_chunk_split(docs, seq_len, eval_fraction, group_docs):
     group += 1
 
   for doc in docs:
-    all_tokens.extend(tok.encode(doc).ids + [tokenizer.EOT_ID])
+    all_tokens.extend(tokenizer.encode(doc).tolist() + [tokenizer.EOT_ID])
     count += 1
     count_per_save += 1
     if count_per_save >= group_docs:
@@ -246,7 +267,7 @@ def original_chunk_split(docs, seq_len, eval_fraction, group_docs):
 
 @pytest.mark.parametrize('num_docs', [23, 25])  # the last group partial, or full
 def test_chunk_split_is_the_original_recipe(tmp_path, monkeypatch, num_docs):
-  monkeypatch.setattr(openwebtext, 'CHUNK_GROUP_DOCS', 5)
+  monkeypatch.setattr(preparation, 'CHUNK_GROUP_DOCS', 5)
   docs = random_documents(num_docs)
   jsonl = tmp_path / 'docs.jsonl'
   jsonl.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs))
@@ -278,18 +299,18 @@ def test_default_recipes(tmp_path, monkeypatch):
   monkeypatch.setattr(tokenizer, 'hub_reachable', lambda: True)
   monkeypatch.setattr(tokenizer, '_hub_files', lambda local_only: None)  # no downloads
   kwargs = dict(seq_len=16, num_workers=1, progress=False)
-  owt = openwebtext.prepare('openwebtext', str(tmp_path), **kwargs)
+  owt = preparation.prepare('openwebtext', str(tmp_path), **kwargs)
   assert calls[-1] == (('Skylion007/openwebtext', 'plain_text'),
                        {'split': 'train', 'streaming': True})
   assert owt['source'] == 'hf:Skylion007/openwebtext/plain_text'
   assert owt['held_out'] == {'split': 'chunks', 'eval_fraction': 0.02,
                              'group_documents': 10_000, 'seed': 0}
   assert owt['max_doc_tokens'] == 0 and owt['documents'] == 100
-  fwe = openwebtext.prepare('fineweb_edu', str(tmp_path), **kwargs)
+  fwe = preparation.prepare('fineweb_edu', str(tmp_path), **kwargs)
   assert calls[-1][0] == ('HuggingFaceFW/fineweb-edu', 'default')
   assert fwe['held_out'] == {'split': 'none', 'eval_fraction': 0.0}
   assert fwe['max_doc_tokens'] == 1023 and list(fwe['splits']) == ['train']
-  sample = openwebtext.prepare('fineweb_edu', str(tmp_path / 's'), hf_config='sample-10BT',
+  sample = preparation.prepare('fineweb_edu', str(tmp_path / 's'), hf_config='sample-10BT',
                                max_documents=7, **kwargs)
   assert calls[-1][0] == ('HuggingFaceFW/fineweb-edu', 'sample-10BT')
   assert sample['source'] == 'hf:HuggingFaceFW/fineweb-edu/sample-10BT'
@@ -302,29 +323,28 @@ def test_fineweb_documents_are_truncated_before_their_eot(tmp_path):
   jsonl.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs))
   meta = prepare(jsonl, tmp_path, name='fineweb_edu', seq_len=4, split=None,
                  eval_fraction=None, max_doc_tokens=5, num_workers=1)
-  tok = tokenizer.gpt2()
-  stream = [i for d in docs for i in tok.encode(d).ids[:5] + [tokenizer.EOT_ID]]
+  stream = [i for d in docs for i in tokenizer.encode(d).tolist()[:5] + [tokenizer.EOT_ID]]
   rows = np.load(tmp_path / 'fineweb_edu' / 'train.npy')
   np.testing.assert_array_equal(rows.reshape(-1), stream[: rows.size])
-  assert meta['max_doc_tokens'] == 5 and max(len(tok.encode(d).ids) for d in docs) > 5
+  assert meta['max_doc_tokens'] == 5 and max(len(tokenizer.encode(d)) for d in docs) > 5
 
 
 def test_bad_sources_fail_at_once(tmp_path, monkeypatch):
   monkeypatch.setattr(tokenizer, 'hub_reachable', lambda: False)
   with pytest.raises((ImportError, ConnectionError), match='--source'):
-    openwebtext.prepare('openwebtext', str(tmp_path))
+    preparation.prepare('openwebtext', str(tmp_path))
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    openwebtext.prepare('openwebtext', str(tmp_path), source=str(tmp_path / 'missing'))
+    preparation.prepare('openwebtext', str(tmp_path), source=str(tmp_path / 'missing'))
   (tmp_path / 'bad.jsonl').write_text('{"content": "x"}\n')
   with pytest.raises(ValueError, match='no "text" field'):
-    openwebtext.prepare('openwebtext', str(tmp_path), source=str(tmp_path / 'bad.jsonl'))
+    preparation.prepare('openwebtext', str(tmp_path), source=str(tmp_path / 'bad.jsonl'))
   with pytest.raises(ValueError, match='unknown dataset'):
-    openwebtext.prepare('owt', str(tmp_path), source=str(tmp_path))
+    preparation.prepare('owt', str(tmp_path), source=str(tmp_path))
   with pytest.raises(ValueError, match='need 0 < eval_fraction < 1 with split chunks'):
-    openwebtext.prepare('openwebtext', str(tmp_path), source=str(tmp_path), split='none',
+    preparation.prepare('openwebtext', str(tmp_path), source=str(tmp_path), split='none',
                         eval_fraction=0.1)
   with pytest.raises(ValueError, match='--hf_config.*does not apply to a local --source'):
-    openwebtext.prepare('openwebtext', str(tmp_path), source=str(tmp_path),
+    preparation.prepare('openwebtext', str(tmp_path), source=str(tmp_path),
                         hf_config='plain_text')
 
 
@@ -441,9 +461,8 @@ def test_openwebtext_config_prepare_train_sample(little_text, tmp_path):
   assert np.isfinite(metrics['valid_loss'])
   samples = (tmp_path / 'samples' / 'step_00000002.txt').read_text().split('=' * 40)
   assert len(samples) == config.sampling.num_samples
-  tok = tokenizer.gpt2()
   for sample in samples:  # detokenized text of 32 GPT-2 tokens
-    assert len(tok.encode(sample.strip('\n')).ids) >= 16
+    assert len(tokenizer.encode(sample.strip('\n'))) >= 16
 
 
 @pytest.mark.parametrize('config_module', [
@@ -452,15 +471,15 @@ def test_openwebtext_config_prepare_train_sample(little_text, tmp_path):
 def test_gpt2_configs_train_two_steps(config_module, little_text):
   config = tiny(config_module, little_text)
   info, splits = data.load_dataset(config.data)
-  model = train.build_model(config, info)
+  model = models.build(config, info)
   optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
-  mesh = train.make_mesh()
-  _, shardings, init_params = train.state_shardings(
-      model, optimizer, mesh, train.DATA_PARALLEL_RULES,
+  mesh = sharding.make_mesh()
+  _, shardings, init_params = state_lib.abstract_state(
+      model, optimizer, mesh, sharding.DATA_PARALLEL_RULES,
       jnp.zeros((1,) + info.data_shape, jnp.int32))
-  state = train.init_state(optimizer, init_params, shardings, jax.random.key(0))
+  state = state_lib.init_state(optimizer, init_params, shardings, jax.random.key(0))
   step_fn = train.jit_train_step(model, optimizer, config, shardings,
-                                 train.batch_sharding(mesh))
+                                 sharding.batch_sharding(mesh))
   for step in range(2):
     batch = data.train_batch(splits['train'], step, config.batch_size, config.seed)
     state, metrics = step_fn(state, jnp.asarray(batch), jax.random.key(1))

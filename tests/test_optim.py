@@ -100,7 +100,7 @@ def test_muon_orthogonalises_each_block_matrix_and_adams_the_rest():
     attention[name] = attention[name] * scale
   tx = optim.make_optimizer(config.opt, 10)
   updates, _ = tx.update(grads, tx.init(params), params)
-  assert set(jax.tree.leaves(optim._muon_labels(params))) == {'muon', 'adamw'}
+  assert set(jax.tree.leaves(optim.muon_labels(params))) == {'muon', 'adamw'}
 
   def singular_values(m):
     return np.linalg.svd(np.asarray(m), compute_uv=False)
@@ -140,7 +140,7 @@ def test_muon_matches_optax_muon(muon_dtype, rtol):
 
   def dimension_numbers(tree):
     def spec(path, x):
-      axes = optim._muon_axes(path, x)
+      axes = optim.muon_axes(path, x)
       return None if axes is None else optax.contrib.MuonDimensionNumbers(*axes[1:])
     return jax.tree_util.tree_map_with_path(spec, tree)
 
@@ -152,14 +152,14 @@ def test_muon_matches_optax_muon(muon_dtype, rtol):
       'adamw': optax.adamw(schedule(config.opt.learning_rate), b1=0.9, b2=config.opt.b2,
                            weight_decay=0.1, mask=optim.DECAY_MASKS['matrices'],
                            nesterov=True)},
-                              optim._muon_labels)
+                              optim.muon_labels)
   ours = optim.make_optimizer(config.opt, 10)
   state, ref_state = ours.init(params), reference.init(params)
   for _ in range(3):
     grads = jax.tree.map(lambda p: normal(p.shape), params)
     updates, state = ours.update(grads, state, params)
     expected, ref_state = reference.update(grads, ref_state, params)
-  labels = optim._muon_labels(params)
+  labels = optim.muon_labels(params)
   assert jax.tree.leaves(labels).count('muon') == 16
   for u, e in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
     scale = float(jnp.abs(e).max())

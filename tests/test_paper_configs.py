@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from md4 import data
+from md4 import models
 from md4 import train
 from md4.configs.genmd4 import openwebtext as genmd4_openwebtext
 from md4.configs.genmd4 import text8 as genmd4_text8
@@ -51,7 +52,7 @@ DATA_VOCAB = {'openwebtext': 50257, 'fineweb_edu': 50257, 'text8': 27}
 def _abstract_params(config):
   vocab = config.data.vocab_size or DATA_VOCAB[config.data.dataset]
   info = data.DatasetInfo(vocab, tuple(config.data.data_shape), str, ('valid',))
-  model = train.build_model(config, info)
+  model = models.build(config, info)
   x = jnp.zeros((1,) + info.data_shape, jnp.int32)
   return jax.eval_shape(lambda r: model.init({'params': r, 'sample': r, 'dropout': r}, x),
                         jax.random.key(0))['params']

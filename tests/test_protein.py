@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from md4 import data
+from md4 import samples
 from md4.data import protein
 from md4.data import ragged
 
@@ -141,12 +142,11 @@ def test_crops_are_random_windows_and_a_pure_function_of_seed_and_step():
 
 
 def test_fasta_samples_format():
-  suffix, contents = data.format_samples(['MKV', 'A' * 70], 'fasta')
-  assert suffix == 'fasta'
+  contents = samples.format_texts(['MKV', 'A' * 70], 'fasta')
   assert contents == ('>sample_0 length=3\nMKV\n>sample_1 length=70\n' + 'A' * 60 + '\n'
                       + 'A' * 10 + '\n')
   with pytest.raises(ValueError, match='unknown sample format'):
-    data.format_samples([], 'pdb')
+    samples.format_texts([], 'pdb')
 
 
 def test_protein_config_trains_and_writes_fasta_samples(tmp_path):
@@ -165,11 +165,11 @@ def test_protein_config_trains_and_writes_fasta_samples(tmp_path):
 
 
 def test_padded_data_needs_md4(tmp_path):
-  from md4 import train  # pylint: disable=g-import-not-at-top
+  from md4 import models  # pylint: disable=g-import-not-at-top
   from md4.configs.genmd4 import shakespeare  # pylint: disable=g-import-not-at-top
   config = shakespeare.get_config()
   config.data.dataset = 'protein'
   info = data.DatasetInfo(26, (8,), protein.decode, ('valid',), pad_id=25,
                           length_probs=(1 / 9,) * 9, sample_format='fasta')
   with pytest.raises(ValueError, match="only model_type 'md4'"):
-    train.build_model(config, info)
+    models.build(config, info)

@@ -1,5 +1,6 @@
 """Samplers against exact distributions, hand-made predictors and each other."""
 
+import dataclasses
 import itertools
 import math
 
@@ -11,6 +12,11 @@ import numpy as np
 import pytest
 
 from md4 import sampling
+from md4.configs import base
+from md4.sampling import draws
+from md4.sampling import net
+from md4.sampling import options
+from md4.sampling import steps
 from md4.models import MD4
 import toys
 
@@ -210,8 +216,8 @@ def test_remdm_step_keeps_the_forward_marginal():
   alpha_s, alpha_t = (float(model.schedule.alpha(v)) for v in (s, t))
   z = jnp.asarray(np.where(np.random.default_rng(0).random((n, 1)) < alpha_t, 0, V))
   log_mu = jnp.log(jnp.asarray([1.0, 1e-9, 1e-9, 1e-9]))[None, None]
-  step = jax.jit(lambda z: sampling.remdm_step(jax.random.key(1), z, log_mu, alpha_s,
-                                               alpha_t, eta, V, fine=True))
+  ctx = steps.StepContext(V, alpha_s=alpha_s, alpha_t=alpha_t, remdm_eta=eta, fine=True)
+  step = jax.jit(lambda z: steps.remdm_step(jax.random.key(1), z, log_mu, ctx))
   out = np.asarray(step(z))
   sigma = min(eta, (1 - alpha_s) / alpha_t)
   assert 0 < sigma < 1
@@ -261,7 +267,7 @@ def _fine_gumbel_law(mantissa_stride=2**10):
                    np.uint64(0))  # 64 bits with k leading zeros
   bits = np.stack([m | (half << np.uint32(31)), (zeros >> np.uint64(32)).astype(np.uint32),
                    (zeros & np.uint64(0xFFFFFFFF)).astype(np.uint32)])
-  values = np.asarray(sampling.gumbel_from_bits(jnp.asarray(bits), True), np.float64)
+  values = np.asarray(draws.gumbel_from_bits(jnp.asarray(bits), True), np.float64)
   p_k = np.where(k < 64, 2.0**-(np.minimum(k, 63) + 1.0), 2.0**-64)
   return _sorted_law(values, 0.5 * p_k / len(mantissas))
 
@@ -272,7 +278,7 @@ def _float32_gumbel_law(stride=2**10, top=2**13):
   `stride` standing for them."""
   bulk = np.arange(stride // 2, 2**23 - top, stride, dtype=np.uint32)
   j = np.concatenate([bulk, np.arange(2**23 - top, 2**23, dtype=np.uint32)])
-  values = np.asarray(sampling.gumbel_from_bits(jnp.asarray(j << np.uint32(9))[None], False),
+  values = np.asarray(draws.gumbel_from_bits(jnp.asarray(j << np.uint32(9))[None], False),
                       np.float64)
   weights = np.concatenate([np.full(len(bulk), stride), np.ones(top)]) * 2.0**-23
   return _sorted_law(values, weights)
@@ -311,16 +317,16 @@ def test_float64_draws_sample_the_tail_that_float32_draws_miss():
 def test_categorical_draws_have_the_right_frequencies(fine):
   probs = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
   n = 50_000
-  draws = sampling.categorical(jax.random.key(0), jnp.log(jnp.asarray(probs))[None]
-                               .repeat(n, 0), fine)
-  freq = np.bincount(np.asarray(draws), minlength=5) / n
+  drawn = draws.categorical(jax.random.key(0), jnp.log(jnp.asarray(probs))[None]
+                            .repeat(n, 0), fine)
+  freq = np.bincount(np.asarray(drawn), minlength=5) / n
   assert np.all(np.abs(freq - probs) < 5 * np.sqrt(probs * (1 - probs) / n)), freq
 
 
 # ---------------------------------------------------------------------------- steps
 
 
-@pytest.mark.parametrize('step', sorted(sampling.STEPS))
+@pytest.mark.parametrize('step', sorted(steps.STEPS))
 def test_one_step_distribution_is_exact(step):
   """A masked position becomes v w.p. μ(v)·(α_s−α_t)/(1−α_t); top-p uses the nucleus of μ."""
   probs = np.array([0.55, 0.3, 0.1, 0.05])
@@ -329,9 +335,11 @@ def test_one_step_distribution_is_exact(step):
   log_mu = jnp.broadcast_to(jnp.log(jnp.asarray(probs)), (n, 1, V))
   u = model.apply({}, jnp.full((n,), s), jnp.full((n,), t), method=model.unmask_prob)
   z = jnp.full((n, 1), V)
-  out = np.asarray(jax.jit(lambda z, log_mu, u: sampling.STEPS[step](
-      jax.random.key(1), z, log_mu, u, V, 0.8, fine=True))(z, log_mu, u))
   alpha = model.schedule.alpha
+  ctx = lambda u: steps.StepContext(V, unmask_prob=u, alpha_s=alpha(s), alpha_t=alpha(t),
+                                    topp=0.8, fine=True)  # ReMDM's η = 0: no remasking
+  out = np.asarray(jax.jit(lambda z, log_mu, u: steps.STEPS[step](
+      jax.random.key(1), z, log_mu, ctx(u)))(z, log_mu, u))
   reveal = float((alpha(s) - alpha(t)) / (1 - alpha(t)))
   mu = probs if step != 'topp' else np.array([0.55, 0.3, 0, 0]) / 0.85
   expected = np.append(mu * reveal, 1 - reveal)  # tokens 0..V-1, then the mask
@@ -344,7 +352,7 @@ def test_nucleus_matches_numpy():
   rng = np.random.default_rng(0)
   probs = rng.dirichlet(np.ones(10), size=(5,))
   for p in (0.3, 0.7, 0.95, 1.0):
-    got = np.asarray(sampling.nucleus(jnp.asarray(probs, jnp.float32), p))
+    got = np.asarray(net.nucleus(jnp.asarray(probs, jnp.float32), p))
     for row, out in zip(probs, got):
       order = np.argsort(-row)
       k = np.searchsorted(np.cumsum(row[order]), p - 1e-7) + 1  # smallest set with mass ≥ p
@@ -355,7 +363,7 @@ def test_nucleus_matches_numpy():
 
 def test_temperature_and_topk_filter_mu():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-  got = np.exp(np.asarray(sampling.filtered_log_probs(logits, 0.5, 2)))
+  got = np.exp(np.asarray(net.filtered_log_probs(logits, 0.5, 2)))
   want = np.array([0.25, 0.09, 0, 0]) / 0.34
   np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-7)
 
@@ -381,7 +389,8 @@ def test_ancestral_loop_reveals_expected_fraction_per_step():
     logits = model.apply(variables, z, jnp.full((n,), t), method=model.predict_logits)
     u = model.apply(variables, jnp.full((n,), s), jnp.full((n,), t),
                     method=model.unmask_prob)
-    return sampling.ancestral_step(rng, z, jax.nn.log_softmax(logits), u, V, 1.0)
+    return steps.ancestral_step(rng, z, jax.nn.log_softmax(logits),
+                                steps.StepContext(V, unmask_prob=u))
 
   z = jnp.full((n, L), V)
   for i in range(k):
@@ -401,3 +410,35 @@ def test_bad_options_are_errors():
                     ({'sampler': 'first_hitting', 'cache': True}, 'cache=False')):
     with pytest.raises(ValueError, match=match):
       sampling.make_sampler(model, _config(**kw))
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+@pytest.mark.parametrize('sampler,extra', [
+    ('ancestral', {}), ('remdm', {'remdm_eta': 0.3}), ('first_hitting', {}),
+    ('confidence', {'block_size': 2}), ('ancestral', {'cache': True, 'block_size': 4})])
+def test_chunked_sampling_gives_the_whole_chain_and_honours_stop(sampler, extra):
+  """Sampler.sample, a few steps per call, gives what one compiled loop gives; a stop
+  request before a call ends it with None."""
+  model = _model(TimelessNet(V))
+  params = toys.init(model, jnp.zeros((1, L), jnp.int32))
+  z = _partly_given(length=9 if extra.get('block_size') else L)
+  s = sampling.make_sampler(model, _config(sampler=sampler, timesteps=5, **extra))
+  whole = jax.jit(s)(params, jax.random.key(2), z)
+  chunked = s.sample(params, jax.random.key(2), z, seconds=0.0)  # one step per call
+  for a, b in zip(whole, chunked):
+    np.testing.assert_array_equal(a, b)
+  asked = []
+  assert s.sample(params, jax.random.key(2), z, seconds=0.0,
+                  stop=lambda: asked.append(1) or len(asked) > 2) is None
+  assert len(asked) == 3
+
+
+def test_the_libraries_defaults_are_the_base_configs():
+  """md4.sampling.Options holds its own defaults; base.py's config.sampling sets the same."""
+  config = base.get_config().sampling
+  assert sampling.Options.from_config(config) == sampling.Options()
+  assert sampling.Options.from_config({}) == sampling.Options()
+  assert set(config) == {f.name for f in dataclasses.fields(sampling.Options)} | set(
+      options.LOOP_KEYS)

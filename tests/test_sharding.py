@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from md4 import sharding
 from md4 import train
 from md4.configs.md4 import shakespeare
 from test_train import set_keys
@@ -29,22 +30,23 @@ MESHES_SCRIPT = r'''
 import functools, sys
 import flax.linen as nn, jax, numpy as np
 sys.path.insert(0, sys.argv[1])
-from test_train import tiny_config, _model_and_batch
-from md4 import optim, train
+from test_train import tiny_config, model_and_batch
+from md4 import optim, sharding, train
+from md4 import state as state_lib
 assert jax.device_count() == 8
 config = tiny_config(**{'network.num_heads': 2, 'network.feature_dim': 16})
-model, batch = _model_and_batch(config, batch_size=16)
+model, batch = model_and_batch(config, batch_size=16)
 opt = optim.make_optimizer(config.opt, config.num_train_steps)
 rules = tuple(config.axis_rules)
 results = {}
 for shape in [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]:
-  mesh = train.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
+  mesh = sharding.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
   with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
-    _, shardings, init_params = train.state_shardings(model, opt, mesh, rules, batch[:1])
-    state = train.init_state(opt, init_params, shardings, jax.random.key(0))
+    _, shardings, init_params = state_lib.abstract_state(model, opt, mesh, rules, batch[:1])
+    state = state_lib.init_state(opt, init_params, shardings, jax.random.key(0))
     grads_fn = jax.jit(functools.partial(train.compute_grads, model, num_microbatches=2),
                        out_shardings=(shardings.params, None))
-    data = jax.device_put(batch, train.batch_sharding(mesh))
+    data = jax.device_put(batch, sharding.batch_sharding(mesh))
     grads, metrics = grads_fn(state.params, data, rng=jax.random.key(1))
   results[shape] = (float(metrics['loss']), jax.device_get(grads))
   # Bytes of parameters each device holds, as a fraction of all parameters.
@@ -78,27 +80,30 @@ RESTORE_SCRIPT = r'''
 import sys
 import flax.linen as nn, jax, numpy as np
 sys.path.insert(0, sys.argv[1])
-from test_train import tiny_config, _model_and_batch
-from md4 import optim, train
+from test_train import tiny_config, model_and_batch
+import orbax.checkpoint as ocp
+from md4 import checkpoint, optim, sharding, train
+from md4 import state as state_lib
 config = tiny_config(**{'network.num_heads': 2, 'network.feature_dim': 16})
-model, batch = _model_and_batch(config, batch_size=16)
+model, batch = model_and_batch(config, batch_size=16)
 opt = optim.make_optimizer(config.opt, config.num_train_steps)
 rules = tuple(config.axis_rules)
-manager = train.make_checkpoint_manager(sys.argv[2], config)
+manager = checkpoint.make_manager(sys.argv[2], config.keep_checkpoints)
 states = {}
 for shape in [(2, 2, 2), (1, 1, 1), (1, 4, 2)]:
-  mesh = train.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
+  mesh = sharding.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
   with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings, init_params = train.state_shardings(model, opt, mesh, rules,
-                                                             batch[:1])
-    state = train.restore_or_init(manager, opt, abstract, shardings, init_params,
-                                  jax.random.key(0))
+    abstract, shardings, init_params = state_lib.abstract_state(model, opt, mesh, rules,
+                                                                batch[:1])
+    state = checkpoint.restore_or_init(
+        manager, abstract, shardings,
+        lambda: state_lib.init_state(opt, init_params, shardings, jax.random.key(0)))
     if shape == (2, 2, 2):  # train and save on 8 devices, sharded
-      step = train.jit_train_step(model, opt, config, shardings, train.batch_sharding(mesh))
+      step = train.jit_train_step(model, opt, config, shardings, sharding.batch_sharding(mesh))
       for _ in range(2):
-        state, _ = step(state, jax.device_put(batch, train.batch_sharding(mesh)),
+        state, _ = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)),
                         jax.random.key(1))
-      manager.save(2, args=train.ocp.args.StandardSave(state))
+      manager.save(2, args=ocp.args.StandardSave(state))
       manager.wait_until_finished()
   assert int(state.step) == 2
   leaf = state.params['network']['block_0']['attention']['wq']
@@ -121,14 +126,14 @@ def test_checkpoint_saved_on_one_mesh_restores_on_another(tmp_path):
 
 def test_make_mesh_resolves_and_rejects_shapes():
   devices = jax.devices()[:1] * 1
-  assert dict(train.make_mesh((1, -1, 1), devices).shape) == {
+  assert dict(sharding.make_mesh((1, -1, 1), devices).shape) == {
       'data': 1, 'fsdp': 1, 'tensor': 1}
   with pytest.raises(ValueError, match='remaining devices'):
-    train.make_mesh((-1, -1, 1), devices)
+    sharding.make_mesh((-1, -1, 1), devices)
   with pytest.raises(ValueError, match='does not use the 1 devices'):
-    train.make_mesh((2, 1, 1), devices)
+    sharding.make_mesh((2, 1, 1), devices)
   with pytest.raises(ValueError, match='sizes of'):
-    train.make_mesh((1, 1), devices)
+    sharding.make_mesh((1, 1), devices)
 
 
 def _free_port():
@@ -195,6 +200,6 @@ def test_axis_rules_must_name_mesh_axes():
   config = shakespeare.get_config()
   config.axis_rules = (('batch', ('data', 'fsdp')), ('embed', 'model'))
   with pytest.raises(ValueError, match="'embed' to unknown mesh axes \\['model'\\]"):
-    train.sharding_setup(config, sharded=True)
-  mesh, rules = train.sharding_setup(shakespeare.get_config(), sharded=False)
-  assert rules == train.DATA_PARALLEL_RULES and mesh.shape['data'] == jax.device_count()
+    sharding.setup(config, sharded=True)
+  mesh, rules = sharding.setup(shakespeare.get_config(), sharded=False)
+  assert rules == sharding.DATA_PARALLEL_RULES and mesh.shape['data'] == jax.device_count()

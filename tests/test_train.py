@@ -15,7 +15,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from md4 import checkpoint
 from md4 import data
+from md4 import evaluation
+from md4 import models
+from md4 import reporting
+from md4 import sharding
 from md4 import train
 from md4.configs.md4 import shakespeare
 
@@ -50,17 +55,16 @@ def set_keys(config, overrides):
   return config
 
 
-def _model_and_batch(config, batch_size=8):
-  from md4 import data
+def model_and_batch(config, batch_size=8):
   info, splits = data.load_dataset(config.data)
-  model = train.build_model(config, info)
+  model = models.build(config, info)
   batch = jnp.asarray(data.train_batch(splits['train'], 0, batch_size, 0))
   return model, batch
 
 
 def test_microbatched_gradient_equals_full_batch_gradient():
   config = tiny_config()
-  model, batch = _model_and_batch(config)
+  model, batch = model_and_batch(config)
   params = model.init({'params': jax.random.key(0), 'sample': jax.random.key(0)},
                       batch)['params']
   params = jax.tree.map(lambda p: p + 0.01, params)  # leave the zero init
@@ -92,14 +96,14 @@ def test_microbatched_gradient_equals_full_batch_gradient():
 
 
 def test_nan_check_names_the_first_non_finite_step_and_metric(tmp_path):
-  manager = train.make_checkpoint_manager(tmp_path, tiny_config())
+  manager = checkpoint.make_manager(str(tmp_path), 5)
   finite = {'loss': jnp.float32(1.0), 'grad_norm': jnp.float32(2.0)}
-  train._check_finite(5, [finite, finite], manager)
+  reporting.check_finite(5, [finite, finite], manager)
   history = [finite, {'loss': jnp.float32(1.0), 'grad_norm': jnp.float32(np.inf)},
              {'loss': jnp.float32(np.nan), 'grad_norm': jnp.float32(np.nan)}]
   with pytest.raises(FloatingPointError,
                      match="'grad_norm' is inf at step 6; .*No checkpoint was saved"):
-    train._check_finite(5, history, manager)
+    reporting.check_finite(5, history, manager)
 
 
 @pytest.mark.parametrize('key,value,match', [
@@ -118,17 +122,16 @@ def test_eval_repeats_average_independent_draws():
   """eval_repeats=3 is the mean of three single-draw evals per batch, with keys i·3 + r."""
   config = tiny_config(**{'eval_batch_size': 16})
   info, splits = data.load_dataset(config.data)
-  model = train.build_model(config, info)
-  mesh = train.make_mesh()
+  model = models.build(config, info)
+  mesh = sharding.make_mesh()
   params = model.init({'params': jax.random.key(0), 'sample': jax.random.key(1)},
                       jnp.zeros((2,) + info.data_shape, jnp.int32))['params']
   params = jax.tree.map(  # a non-zero output layer, so that the loss depends on the masks
       lambda p: p + 0.3 * jax.random.normal(jax.random.key(4), p.shape), params)
   splits = {s: splits[s][:32] for s in info.eval_splits}  # two batches per split
-  eval_fn = jax.jit(lambda p, b, r: train.eval_step(model, p, b, r))
+  eval_fn = jax.jit(lambda p, b, r: evaluation.eval_step(model, p, b, r))
   rng = jax.random.key(3)
-  config.eval_repeats = 3
-  repeated = train.evaluate(eval_fn, params, splits, info, config, mesh, rng)
+  repeated = evaluation.Evaluator(model, mesh, 16, 3)(params, splits, rng)
   for split in info.eval_splits:
     single = [float(eval_fn(params, jnp.asarray(splits[split][16 * i:16 * (i + 1)]),
                             jax.random.fold_in(rng, 3 * i + r))['loss'])
@@ -212,8 +215,8 @@ def test_cpu_run_says_how_to_preload_mimalloc():
   """The warning appears unless mimalloc is preloaded and set to keep freed memory."""
   lib = os.path.join(sysconfig.get_paths()['purelib'], 'cmeel.prefix', 'lib',
                      'libmimalloc.so.3')
-  code = ('from absl import logging; from md4 import train; logging.use_absl_handler();'
-          ' train.warn_without_mimalloc()')
+  code = ('from absl import logging; from md4 import hardware; logging.use_absl_handler();'
+          ' hardware.warn_without_mimalloc()')
   env = {k: v for k, v in os.environ.items()
          if k not in ('LD_PRELOAD', 'MIMALLOC_PURGE_DELAY')}
   run = lambda env: subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env,

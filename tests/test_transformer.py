@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from md4 import hardware
 from md4.networks import build_network
+from md4.networks import embeddings
 from md4.networks import transformer
 from md4.networks.transformer import CANON_POSITIONS
 from md4.networks.transformer import Canon
@@ -138,7 +140,7 @@ def test_time_embedding_sinusoids(dim):
   """[sin(t·f), cos(t·f)] with f_i = 10000^(−i/(h − 1)), i < h = ⌊dim/2⌋; a zero column for
   odd dim."""
   t = jnp.array([0.0, 3.0, 500.0])
-  got = np.asarray(transformer.timestep_embedding(t, dim))
+  got = np.asarray(embeddings.timestep_embedding(t, dim))
   f = 10_000.0**(-np.arange(4) / 3)
   want = np.concatenate([np.sin(np.outer(t, f)), np.cos(np.outer(t, f)),
                          np.zeros((3, dim % 2))], axis=1)
@@ -325,7 +327,7 @@ def test_unknown_precision_remat_and_attention_options_are_rejected(key, value):
 
 def test_float32_matmul_gradient():
   """The 16-bit product's hand-written backward pass against autodiff of a plain product."""
-  from md4.networks.transformer import float32_matmul
+  from md4.networks.matmul import float32_matmul
   x = jax.random.normal(jax.random.key(0), (6, 8))
   w = jax.random.normal(jax.random.key(1), (8, 5))
   g = jax.random.normal(jax.random.key(2), (6, 5))
@@ -368,20 +370,52 @@ def test_cpu_has_amx_reads_the_cpu_flags(tmp_path):
   amx, avx = tmp_path / 'amx', tmp_path / 'avx'
   amx.write_text('processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n')
   avx.write_text('processor\t: 0\nflags\t\t: fpu avx avx2 avx512_bf16\n')
-  assert transformer.cpu_has_amx(str(amx))
-  assert not transformer.cpu_has_amx(str(avx))
-  assert not transformer.cpu_has_amx(str(tmp_path / 'missing'))  # not Linux
+  assert hardware.cpu_has_amx(str(amx))
+  assert not hardware.cpu_has_amx(str(avx))
+  assert not hardware.cpu_has_amx(str(tmp_path / 'missing'))  # not Linux
 
 
-def test_shakespeare_default_rounds_products_to_bfloat16_only_on_amx(monkeypatch):
-  """bfloat16 products where the CPU has AMX; float32 (faster there) and fewer steps
-  elsewhere, evaluated halfway and at the end either way."""
+def test_shakespeare_default_is_one_experiment_and_amx_a_named_variant():
+  """float32 products and 3,000 steps on every CPU; ':amx' asks for bfloat16 products and
+  6,500 steps, evaluated halfway and at the end either way."""
   from md4.configs.md4 import shakespeare  # pylint: disable=g-import-not-at-top
-  for amx, dtype, steps in ((True, 'bfloat16', 6500), (False, 'float32', 3000)):
-    monkeypatch.setattr(transformer, 'cpu_has_amx', lambda amx=amx: amx)
-    config = shakespeare.get_config()
+  for arg, dtype, steps in ((None, 'float32', 3000), ('default', 'float32', 3000),
+                            ('amx', 'bfloat16', 6500)):
+    config = shakespeare.get_config() if arg is None else shakespeare.get_config(arg)
     assert config.network.matmul_dtype == config.opt.muon_dtype == dtype
-    assert config.num_train_steps == steps and config.eval_every_steps == steps // 2
+    assert config.num_train_steps == steps
+    assert (config.eval_every_steps == config.sample_every_steps ==
+            config.checkpoint_every_steps == steps // 2)
+  with pytest.raises(ValueError, match="unknown variant 'gpu'.*amx"):
+    shakespeare.get_config('gpu')
+
+
+def test_shakespeare_variant_is_chosen_on_the_command_line():
+  """--config=PATH:amx passes 'amx' to get_config, as ml_collections' config_flags does."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from md4.configs.md4 import shakespeare  # pylint: disable=g-import-not-at-top
+  for suffix, steps in (('', 3000), (':amx', 6500)):
+    argv = ['main', f'--config={shakespeare.__file__}{suffix}', '--config.num_train_steps=2']
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    assert flag_values.config.num_train_steps == 2
+    assert flag_values.config.eval_every_steps == steps // 2
+
+
+def test_no_config_module_imports_a_network():
+  """Configs describe an experiment: none asks the machine (or a network module) anything."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import md4.configs  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(md4.configs.__file__).parent
+  for path in root.rglob('*.py'):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [f'{node.module}.{a.name}' for a in node.names]
+               if isinstance(node, ast.ImportFrom) else [])
+      assert not any(n.startswith(('md4.networks', 'md4.hardware')) for n in names), path
 
 
 @pytest.mark.parametrize('width', [1, 3, 5])

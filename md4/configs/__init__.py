@@ -13,6 +13,8 @@ import ml_collections
 from ml_collections import config_dict
 from ml_collections import config_flags
 
+from md4 import files
+
 CONFIG_FILE = 'config.json'
 _TUPLE, _PLACEHOLDER = '__tuple__', '__placeholder__'
 _PLACEHOLDER_TYPES = {t.__name__: t for t in (int, float, str, bool)}
@@ -49,11 +51,8 @@ def _decode(value):
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes config to {workdir}/config.json (atomically); returns the path."""
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(_encode(config), f, indent=1)
-  os.replace(path + '.tmp', path)
+  files.atomic_write(path, json.dumps(_encode(config), indent=1))
   return path
 
 

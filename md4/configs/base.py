@@ -75,8 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # logits and the loss stay float32.
   config.network.dtype = 'float32'
   # Operands of the dense layers' matrix products, accumulated in float32: '' (the compute
-  # dtype) or 'bfloat16', which with dtype 'float32' rounds only the products' inputs: on
-  # CPUs with bfloat16 matrix units (AMX) the products run 2-5x faster.
+  # dtype) or 'bfloat16', which with dtype 'float32' rounds only the products' inputs:
+  # faster on CPUs with bfloat16 matrix units (AMX), slower on others. The Shakespeare
+  # config's `:amx` variant (--config=md4/configs/md4/shakespeare.py:amx) sets it.
   config.network.matmul_dtype = ''
   config.network.remat_policy = 'none'  # recompute blocks in the backward pass: 'none', 'full', 'dots'
   config.network.scan_layers = False  # scan one block over depth: compile time flat in n_layers
@@ -103,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.opt.optimizer = 'adamw'  # 'adamw' (b1 = 0.9), or 'muon' for the blocks' matrices
   config.opt.muon_learning_rate = 0.02  # peak, for opt.optimizer = 'muon'
   # Operands of Muon's Newton-Schulz products, accumulated in float32: 'float32' or
-  # 'bfloat16' (as in Jordan et al.'s reference; 2.5x faster on CPUs with AMX units).
+  # 'bfloat16' (as in Jordan et al.'s reference; faster on CPUs with AMX units only).
   config.opt.muon_dtype = 'float32'
   config.opt.learning_rate = 3e-4  # peak
   config.opt.lr_schedule = 'cosine'  # after warm-up: 'cosine' or 'linear' (to 0), 'constant'

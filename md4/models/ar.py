@@ -30,8 +30,7 @@ class AR(nn.Module):
   vocab_size: int  # V; the id V starts every sequence (BOS) and marks unfilled positions
   data_shape: tuple[int, ...]
 
-  # md4.sampling fills an AR model's masked positions left to right.
-  autoregressive = True
+  autoregressive = True  # md4.models.Denoiser: md4.sampling fills positions left to right
 
   def __post_init__(self):
     if getattr(self.network, 'causal', None) is not True:

@@ -23,7 +23,9 @@ layer at zero for adaLN-zero.
 
 Beyond the original, off by default: QK-norm, Canon layers, GPT-2's initialisation
 (`init_std`), a causal mask (the autoregressive baseline), 16-bit products
-(`matmul_dtype`), rematerialisation, scanned layers.
+(`matmul_dtype`), rematerialisation, scanned layers. Every block is set by one shared
+`BlockConfig`. The time sinusoids come from md4.networks.embeddings, and the dense layers'
+products (operands in `matmul_dtype`, accumulated in float32) from md4.networks.matmul.
 Parameters carry logical axis names ('vocab', 'embed', 'heads', 'mlp', 'cond') so that a mesh
 can shard them by rules without a second copy of this file.
 
@@ -31,6 +33,7 @@ Shapes: B batch, L length, D = num_heads·feature_dim width, H heads, K = featur
 F MLP width, V vocabulary, E narrow embedding width.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -38,6 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from md4.networks import embeddings
+from md4.networks import matmul
 
 MLP_ACTIVATIONS = {
     'glu': jax.nn.sigmoid,  # GLU (Dauphin et al.): σ(xW)·xV
@@ -78,81 +84,6 @@ def mlp_width(d, mlp_dim=0):
   return mlp_dim or MLP_MULTIPLE * math.ceil(int(8 * d / 3) / MLP_MULTIPLE)
 
 
-@functools.cache
-def cpu_has_amx(cpuinfo='/proc/cpuinfo') -> bool:
-  """Whether this host's CPU has bfloat16 matrix units: Intel AMX ('amx_bf16' among the
-  flags in `cpuinfo`). There XLA's CPU backend runs bfloat16 products 2-5x faster than
-  float32 ones; on CPUs without them (AVX2, or AVX-512 alone) it converts bfloat16 operands
-  and runs slower than in float32 (on a 2-core AMD EPYC with AVX2, the Shakespeare
-  default's step took 160 ms with bfloat16 products against 126 in float32)."""
-  try:
-    with open(cpuinfo) as f:
-      return any(line.startswith('flags') and 'amx_bf16' in line.split() for line in f)
-  except OSError:  # not Linux
-    return False
-
-
-def float32_matmul(x, w):
-  """x [N, D] · w [D, F] with operands in their dtype, accumulated and returned in float32."""
-  if x.dtype == w.dtype == jnp.float32:
-    return x @ w
-  return _low_precision_matmul(x, w)
-
-
-def _matmul(spec, a, b):
-  """einsum(spec, a, b) accumulated in float32, on operands with a leading axis of size 1.
-
-  With that axis XLA's CPU backend runs all three products of a layer in 16 bits on its
-  YNNPACK kernels (AMX units where the CPU has them); as 2-D products it runs x·wᵀ about
-  4x slower and hands xᵀ·g to Eigen, which first converts both operands to float32.
-  Elsewhere the axis costs nothing.
-  """
-  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-
-
-@jax.custom_vjp
-def _low_precision_matmul(x, w):
-  """float32_matmul for 16-bit operands; its backward products are 16-bit too (the float32
-  cotangent is rounded first), so they never fall back to float32 products."""
-  return _matmul('knd,df->knf', x[None], w)[0]
-
-
-def _low_precision_matmul_fwd(x, w):
-  return _low_precision_matmul(x, w), (x, w)
-
-
-def _low_precision_matmul_bwd(residuals, g):  # g [N, F] float32
-  x, w = residuals
-  g = g.astype(x.dtype)[None]
-  dx = _matmul('knf,df->knd', g, w)[0]
-  dw = _matmul('knd,knf->df', x[None], g)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
-
-
-def project(x, kernels, dtype, matmul_dtype):
-  """x [..., D] times each kernel [D, F_i] (bias-free dense layers on one input).
-
-  The leading axes are flattened first, so each product is one [N, D] matrix times a
-  kernel: XLA's CPU backend runs the backward pass of a contraction over [B, L, D] up to
-  2.5x slower. On CPUs the kernels are also concatenated into one [D, ΣF_i] product (q, k
-  and v; W1 and W3: 1.4x faster backward there); elsewhere each stays its own product, so
-  that a kernel sharded along heads or MLP units keeps its sharding. Returns one [..., F_i]
-  array per kernel, in `dtype`.
-  """
-  d = x.shape[-1]
-  x2 = x.reshape(-1, d).astype(matmul_dtype)  # [N, D]
-  kernels = [k.astype(matmul_dtype) for k in kernels]
-  if jax.default_backend() == 'cpu' and len(kernels) > 1:
-    y = float32_matmul(x2, jnp.concatenate(kernels, axis=1))
-    ys = jnp.split(y, np.cumsum([k.shape[1] for k in kernels])[:-1], axis=1)
-  else:
-    ys = [float32_matmul(x2, k) for k in kernels]
-  return [y.astype(dtype).reshape(x.shape[:-1] + y.shape[-1:]) for y in ys]
-
-
 def _kernel(module, name, init, shape, axes):
   """A float32 parameter `name` of `shape` with logical axes `axes`."""
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
@@ -160,7 +91,7 @@ def _kernel(module, name, init, shape, axes):
 
 class Dense(nn.Module):
   """x [..., D_in] -> [..., features]: a kernel [D_in, features] and an optional bias, in
-  the network's products dtype (`project`)."""
+  the network's products dtype (`matmul.project`)."""
   features: int
   axes: tuple[str | None, str | None]  # logical axes of the kernel
   dtype: jnp.dtype
@@ -173,24 +104,10 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = _kernel(self, 'kernel', self.kernel_init, (x.shape[-1], self.features),
                      self.axes)
-    y, = project(x, [kernel], self.dtype, self.matmul_dtype)
+    y, = matmul.project(x, [kernel], self.dtype, self.matmul_dtype)
     if self.use_bias:
       y = y + _kernel(self, 'bias', self.bias_init, (self.features,), self.axes[1:])
     return y
-
-
-def timestep_embedding(t, dim, max_period=10_000.0):
-  """Transformer sinusoids of t (DDPM's, Ho et al. 2020, in VDM's layout), [B] -> [B, dim]:
-  the original release's time embedding, also its image networks'.
-
-  With h = ⌊dim/2⌋ frequencies f_i = max_period^(−i/(h − 1)), i = 0..h−1, the embedding is
-  [sin(t·f), cos(t·f)], and a zero column for odd dim; the networks pass 1000·t.
-  """
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / (half - 1))  # [h]
-  args = t.astype(jnp.float32)[:, None] * freqs[None]  # [B, h]
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
 def rotary(x, positions):
@@ -219,8 +136,7 @@ def einsum_attention(q, k, v, causal=False, dropout_rate=0.0, dropout_rng=None):
   float32. `causal` lets position i attend to positions ≤ i only. With `dropout_rate` > 0
   each attention probability is dropped (and the kept ones scaled by 1/(1 − rate)) by
   dropping its exponential in the numerator only. The same function as
-  jax.nn.dot_product_attention; on XLA's CPU backend a train step of the benchmark's
-  4-layer 256-wide shape is about 10% faster with it.
+  jax.nn.dot_product_attention, faster on XLA's CPU backend (docs/experiments.md).
   """
   scale = q.shape[-1]**-0.5
   q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, L, K]
@@ -314,7 +230,7 @@ class Attention(nn.Module):
     init = _init(self.init_std, lecun_normal)
     w = lambda name, axes: _kernel(self, name, init, (d, d), axes)
     wq, wk, wv = (w(n, ('embed', 'heads')) for n in ('wq', 'wk', 'wv'))
-    q, kk, v = project(x, [wq, wk, wv], self.dtype, self.matmul_dtype)  # [B, L, D] each
+    q, kk, v = matmul.project(x, [wq, wk, wv], self.dtype, self.matmul_dtype)  # [B, L, D] each
     if self.canon_width:
       q, kk, v = jnp.split(Canon(self.canon_width, name='canon_qkv')(
           jnp.concatenate([q, kk, v], axis=-1)), 3, axis=-1)
@@ -337,7 +253,7 @@ class Attention(nn.Module):
       y = jax.nn.dot_product_attention(q, kk, v, is_causal=self.causal, implementation=impl)
     wo = _kernel(self, 'wo', _init(self.out_init_std, lecun_normal), (d, d),
                  ('heads', 'embed'))
-    y, = project(y.reshape(b, l, d), [wo], self.dtype, self.matmul_dtype)
+    y, = matmul.project(y.reshape(b, l, d), [wo], self.dtype, self.matmul_dtype)
     return channel_dropout(self, y, self.dropout_rate, train)
 
 
@@ -361,14 +277,14 @@ class FeedForward(nn.Module):
     init = _init(self.init_std, original)
     w1 = _kernel(self, 'w1', init, (d, f), ('embed', 'mlp'))
     w3 = _kernel(self, 'w3', init, (d, f), ('embed', 'mlp'))
-    gate, up = project(x, [w1, w3], self.dtype, self.matmul_dtype)  # [B, L, F] each
+    gate, up = matmul.project(x, [w1, w3], self.dtype, self.matmul_dtype)  # [B, L, F] each
     if self.canon_width:
       gate, up = jnp.split(Canon(self.canon_width, name='canon_mlp_hidden')(
           jnp.concatenate([gate, up], axis=-1)), 2, axis=-1)
     y = MLP_ACTIVATIONS[self.mlp_type](gate) * up
     y = _constrain(y, ('batch', 'length', 'act_mlp'))
     w2 = _kernel(self, 'w2', _init(self.out_init_std, original), (f, d), ('mlp', 'embed'))
-    y, = project(y, [w2], self.dtype, self.matmul_dtype)
+    y, = matmul.project(y, [w2], self.dtype, self.matmul_dtype)
     return channel_dropout(self, y, self.dropout_rate, train)
 
 
@@ -382,60 +298,74 @@ def adaln(cond, n, d, mlp_type, cond_type, dtype, matmul_dtype, name, init_std=0
   return jnp.split(mods, n, axis=-1)
 
 
-class Block(nn.Module):
-  """x + g₁·Attn(adaLN(x)), then + g₂·MLP(adaLN(x)), with Canon layers where
-  `canon_positions` asks for them (`CANON_POSITIONS`)."""
-  num_heads: int
-  mlp_type: str
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """What every block of one network shares: its Transformer's settings, resolved (dtypes
+  as jnp types, F and the initialisation scales computed). Frozen, hence hashable: one static
+  attribute through nn.remat and nn.scan."""
+  num_heads: int  # H
+  mlp_type: str  # see MLP_ACTIVATIONS; also the activation before adaLN
   mlp_dim: int  # F
-  cond_type: str
+  cond_type: str  # see COND_TYPES
   dropout_rate: float
-  ffn_init_scale: float
-  dtype: jnp.dtype
-  matmul_dtype: jnp.dtype
-  attention_impl: str
+  ffn_init_scale: float  # FFN weights' variance·fan_in: 2/n_layers with depth_scaled_init
+  dtype: jnp.dtype  # compute dtype
+  matmul_dtype: jnp.dtype  # operands of the dense layers' products
+  attention_impl: str  # see ATTENTION_IMPLS
   causal: bool = False
   canon_width: int = 0  # 0: no Canon layers
-  canon_positions: tuple[str, ...] = ()
+  canon_positions: tuple[str, ...] = ()  # CANON_POSITIONS keys
   qk_norm: bool = False
   init_std: float = 0.0  # > 0: N(0, init_std²) weights (Transformer.init_std)
   out_init_std: float = 0.0  # with init_std: the residual output projections' (wo, W2)
 
-  def has_canon(self, position):
+  def canon_width_at(self, position):
     """The width of the Canon layer at `position` (a CANON_POSITIONS key), 0 if none."""
     return self.canon_width if position in self.canon_positions else 0
 
+
+class Block(nn.Module):
+  """x + g₁·Attn(adaLN(x)), then + g₂·MLP(adaLN(x)), with Canon layers where
+  `config.canon_positions` asks for them (`CANON_POSITIONS`)."""
+  config: BlockConfig
+
   def canon(self, position, h):
     """h through the Canon layer at `position`, if one sits there."""
-    width = self.has_canon(position)
+    width = self.config.canon_width_at(position)
     return Canon(width, name=f'canon_{position}')(h) if width else h
+
+  def modulations(self, x, cond):
+    """(norm, shift, scale, gate) for attention and for the MLP: adaLN from cond [B, K], or
+    for cond None the original's unconditioned block (RMSNorms, no shifts, scales, gates)."""
+    c = self.config
+    d = x.shape[-1]
+    if cond is None:
+      zeros = jnp.zeros((x.shape[0], d), x.dtype)  # [B, D]
+      return [(_rms_norm(c.dtype, n), zeros, zeros, 1.0)
+              for n in ('attention_norm', 'ffn_norm')]
+    norms = [_layer_norm(c.dtype, n) for n in ('attention_norm', 'ffn_norm')]
+    mods = adaln(cond, 6, d, c.mlp_type, c.cond_type, c.dtype, c.matmul_dtype, 'adaln',
+                 c.init_std)  # 6 × [B, D]
+    return [(norm, shift, scale, gate[:, None])
+            for norm, (shift, scale, gate) in zip(norms, (mods[:3], mods[3:]))]
 
   @nn.compact
   def __call__(self, x, cond, train):  # x [B, L, D], cond [B, K] or None
-    d = x.shape[-1]
+    c = self.config
     x = _constrain(x, ('batch', 'length', 'act_embed'))
-    if cond is None:  # the original's unconditioned block: RMSNorms, no gates
-      norm1, norm2 = (_rms_norm(self.dtype, n) for n in ('attention_norm', 'ffn_norm'))
-      zeros = jnp.zeros((x.shape[0], d), x.dtype)
-      shift1 = scale1 = shift2 = scale2 = zeros
-      gate1 = gate2 = 1.0
-    else:
-      norm1, norm2 = (_layer_norm(self.dtype, n) for n in ('attention_norm', 'ffn_norm'))
-      shift1, scale1, gate1, shift2, scale2, gate2 = adaln(
-          cond, 6, d, self.mlp_type, self.cond_type, self.dtype, self.matmul_dtype,
-          'adaln', self.init_std)
-      gate1, gate2 = gate1[:, None], gate2[:, None]
+    (norm1, shift1, scale1, gate1), (norm2, shift2, scale2, gate2) = self.modulations(
+        x, cond)
 
     y = self.canon('attn_in', modulate(norm1(x), shift1, scale1))
-    y = Attention(self.num_heads, self.dropout_rate, self.dtype, self.matmul_dtype,
-                  self.attention_impl, self.causal, self.qk_norm, self.has_canon('qkv'),
-                  self.init_std, self.out_init_std, name='attention')(y, train)
+    y = Attention(c.num_heads, c.dropout_rate, c.dtype, c.matmul_dtype, c.attention_impl,
+                  c.causal, c.qk_norm, c.canon_width_at('qkv'), c.init_std, c.out_init_std,
+                  name='attention')(y, train)
     x = x + gate1 * y
 
     y = self.canon('mlp_in', modulate(norm2(x), shift2, scale2))
-    y = FeedForward(self.mlp_dim, self.mlp_type, self.ffn_init_scale, self.dropout_rate,
-                    self.dtype, self.matmul_dtype, self.has_canon('mlp_hidden'),
-                    self.init_std, self.out_init_std, name='feed_forward')(y, train)
+    y = FeedForward(c.mlp_dim, c.mlp_type, c.ffn_init_scale, c.dropout_rate, c.dtype,
+                    c.matmul_dtype, c.canon_width_at('mlp_hidden'), c.init_std,
+                    c.out_init_std, name='feed_forward')(y, train)
     return x + gate2 * y
 
 
@@ -525,9 +455,23 @@ class Transformer(nn.Module):
     k = self.feature_dim
     dense = functools.partial(Dense, dtype=dtype, matmul_dtype=matmul_dtype,
                               kernel_init=_init(self.init_std, lecun_normal))
-    c = timestep_embedding(1000.0 * t, k)  # [B, K]
+    c = embeddings.timestep_embedding(1000.0 * t, k)  # [B, K]
     c = nn.swish(dense(4 * k, (None, 'cond'), name='time_mlp_in')(c))
     return dense(k, ('cond', None), name='time_mlp_out')(c)
+
+  def block_config(self, d, dtype, matmul_dtype):
+    """The BlockConfig of this network's blocks at width D = d: F from `mlp_width`, and with
+    depth_scaled_init FFN variance 2/n_layers and residual outputs init_std/√(2·n_layers)."""
+    scaled = self.depth_scaled_init
+    return BlockConfig(
+        num_heads=self.num_heads, mlp_type=self.mlp_type, mlp_dim=mlp_width(d, self.mlp_dim),
+        cond_type=self.cond_type, dropout_rate=self.dropout_rate,
+        ffn_init_scale=2.0 / self.n_layers if scaled else 1.0, dtype=dtype,
+        matmul_dtype=matmul_dtype, attention_impl=self.attention_impl, causal=self.causal,
+        canon_width=self.canon_width, canon_positions=tuple(self.canon_positions),
+        qk_norm=self.qk_norm, init_std=self.init_std,
+        out_init_std=(self.init_std / math.sqrt(2 * self.n_layers) if scaled
+                      else self.init_std))
 
   @nn.compact
   def __call__(self, z, t, train=False):  # z [B, L] int, t [B] -> [B, L, V]
@@ -550,12 +494,7 @@ class Transformer(nn.Module):
     if self.time_features == 't':
       cond = self.time_embedding(t, dtype, matmul_dtype)  # [B, K]
 
-    block_args = (self.num_heads, self.mlp_type, mlp_width(d, self.mlp_dim), self.cond_type,
-                  self.dropout_rate, 2.0 / self.n_layers if self.depth_scaled_init else 1.0,
-                  dtype, matmul_dtype, self.attention_impl, self.causal, self.canon_width,
-                  tuple(self.canon_positions), self.qk_norm, self.init_std,
-                  self.init_std / math.sqrt(2 * self.n_layers) if self.depth_scaled_init
-                  else self.init_std)
+    config = self.block_config(d, dtype, matmul_dtype)
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       block = ScannedBlock
@@ -565,13 +504,13 @@ class Transformer(nn.Module):
           block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
           in_axes=nn.broadcast, length=self.n_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'})(
-              *block_args, train=train, name='blocks')(x, cond)
+              config, train=train, name='blocks')(x, cond)
     else:
       block = Block
       if self.remat_policy != 'none':
         block = nn.remat(block, policy=policy, static_argnums=(3,))
       for i in range(self.n_layers):
-        x = block(*block_args, name=f'block_{i}')(x, cond, train)
+        x = block(config, name=f'block_{i}')(x, cond, train)
 
     if cond is None:
       x = _rms_norm(dtype, 'final_norm')(x)
@@ -581,6 +520,6 @@ class Transformer(nn.Module):
       x = modulate(_layer_norm(dtype, 'final_norm')(x), shift, scale)
     kernel = _kernel(self, 'logits', nn.initializers.zeros, (d, self.vocab_size),
                      ('embed', 'vocab'))
-    logits = float32_matmul(x.reshape(-1, d).astype(matmul_dtype),
-                            kernel.astype(matmul_dtype)).reshape(x.shape[:-1] + (-1,))
+    logits = matmul.float32_matmul(x.reshape(-1, d).astype(matmul_dtype),  # [B·L, V]
+                                   kernel.astype(matmul_dtype)).reshape(x.shape[:-1] + (-1,))
     return _constrain(logits, ('batch', 'length', 'act_vocab'))  # [B, L, V] float32

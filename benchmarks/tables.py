@@ -1,0 +1,16 @@
+"""Markdown tables, as every benchmark prints its results."""
+
+
+def print_row(row):
+  """One finished row, for progress, before its table."""
+  print('  ' + ', '.join(f'{k}: {v}' for k, v in row.items()), flush=True)
+
+
+def print_table(rows):
+  """Rows (dicts) as one Markdown table, columns in order of first appearance."""
+  keys = list(dict.fromkeys(k for row in rows for k in row))
+  print('| ' + ' | '.join(keys) + ' |')
+  print('|' + '|'.join('---' for _ in keys) + '|')
+  for row in rows:
+    print('| ' + ' | '.join(str(row.get(k, '')) for k in keys) + ' |')
+  print(flush=True)

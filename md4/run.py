@@ -1,0 +1,100 @@
+"""A trained run, loaded from its workdir for inference: config, data, model, parameters.
+
+A run's workdir holds its resolved config (config.json, md4.configs.save) and checkpoints;
+`load_run` rebuilds the model from them, so nothing but the workdir is needed. It uses the
+same pieces as training (md4.models, md4.state, md4.checkpoint) but not the training loop.
+md4/evaluate.py, md4/sample.py, md4.inference and md4.judges start here.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from md4 import checkpoint
+from md4 import configs
+from md4 import data
+from md4 import models
+from md4 import optim
+from md4 import sharding
+from md4 import state as state_lib
+from md4.data import text
+from md4.data import tokenizer
+
+PARAMS = ('ema', 'raw')
+
+
+@dataclasses.dataclass
+class Run:
+  """A restored run: its config, data, model and the chosen parameters at `step`."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  info: data.DatasetInfo
+  splits: dict[str, Any]
+  model: nn.Module
+  params: Any
+  step: int
+  which_params: str  # 'ema' or 'raw'
+  mesh: jax.sharding.Mesh
+  rules: tuple
+
+  def context(self):
+    """The mesh and logical-axis rules the networks' sharding annotations read."""
+    return sharding.active(self.mesh, self.rules)
+
+  @property
+  def uses_gpt2_tokens(self) -> bool:
+    return data.uses_gpt2_tokens(self.config.data.dataset)
+
+  def text_encoder(self):
+    """text -> token ids [T] with the run's tokenizer: GPT-2 BPE, or the dataset's
+    characters; ValueError for data without one (images)."""
+    if self.uses_gpt2_tokens:
+      return tokenizer.encode
+    info = self.info
+    if not info.is_image:
+      vocab = info.decode(np.arange(info.vocab_size))
+      if isinstance(vocab, str) and len(vocab) == info.vocab_size:
+        return functools.partial(text.encode, vocab=vocab)
+    raise ValueError(f'dataset {self.config.data.dataset!r} has no text tokenizer here'
+                     ' (GPT-2 tokens or one character per id); prompts need one')
+
+
+def eval_key(config, seed: int | None = None) -> jax.Array:
+  """The key of the training run's evals, or of another seed's."""
+  return state_lib.run_key(config.seed if seed is None else seed, 'eval')
+
+
+def load_run(workdir: str, config=None, step: int | None = None,
+             params: str = 'ema') -> Run:
+  """Restores `workdir`'s checkpoint at `step` (None: the latest) with its saved config, or
+  with `config` (the saved one with overrides); params 'ema' or 'raw'."""
+  if params not in PARAMS:
+    raise ValueError(f'unknown params {params!r}; choose from {list(PARAMS)}')
+  config = configs.load(workdir) if config is None else config
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'{workdir} has no checkpoints/ folder; train there first')
+  manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f'{manager.directory} holds no checkpoint yet')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f'no checkpoint at step {step} in {manager.directory}; it has {steps}')
+  mesh, rules = sharding.setup(config, sharded=False)
+  info, splits = data.load_dataset(config.data)
+  model = models.build(config, info)
+  optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
+  example = jnp.zeros((1,) + info.data_shape, jnp.int32)
+  with sharding.active(mesh, rules):
+    abstract, shardings, _ = state_lib.abstract_state(model, optimizer, mesh, rules, example)
+    state = checkpoint.restore_or_init(manager, abstract, shardings, init=None, steps=[step])
+  manager.close()
+  chosen = state.ema_params if params == 'ema' else state.params
+  return Run(workdir, config, info, splits, model, chosen, step, params, mesh, rules)
