@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import flops
 from benchmarks.tables import print_row, print_table
 from md4 import data
 from md4 import hardware
@@ -124,22 +125,6 @@ def _timed(fn):
   return time.perf_counter() - start
 
 
-def model_flops_per_token(params, config):
-  """Matmul FLOPs of one training token: 6·(dense weights applied per token) + attention."""
-  net = config.network
-  d = net.num_heads * net.feature_dim
-  seq_len = config.data.data_shape[0]
-  per_token = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    names = [getattr(k, 'key', None) for k in path]
-    # Per-token products; embeddings are lookups and adaLN/time layers act per example.
-    if (names[-2] in ('attention', 'feed_forward') and leaf.ndim >= 2
-        or names[-1] == 'logits' or names[-2:] == ['embed_proj', 'kernel']):
-      per_token += leaf.size
-  attention = 2 * 2 * seq_len * d * net.n_layers  # QKᵀ and PV, forward
-  return 6 * per_token + 3 * attention
-
-
 class Step:
   """A shape's jitted train step on a mesh, compiled for one batch size."""
 
@@ -207,7 +192,7 @@ def speed_row(name, step, batch_size, compiled_info=None):
   seq_len = step.info.data_shape[0]
   tokens = batch_size * seq_len
   n_dev = step.mesh.size
-  per_token = model_flops_per_token(params, step.config)
+  per_token = flops.per_example(params, step.config) / seq_len
   flops_per_device = per_token * tokens / n_dev
   return {
       'shape': name,

@@ -11,10 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from md4 import evaluation
+from md4 import exported
+from md4 import models
 from md4 import run as run_lib
 from md4 import samples as samples_lib
 from md4 import sampling
+from md4 import sharding
 from md4.data import images
+from md4.data import zero_shot as zero_shot_data
 
 # A gap in a --infill template: <mask:N> is N positions to generate.
 GAP = re.compile(r'<mask:(\d+)>')
@@ -31,6 +35,9 @@ def evaluate_elbo(run: run_lib.Run, split_names=None, seed: int | None = None,
   masks per example (0: exact), and the other terms' means}}. max_examples > 0 evaluates
   only the first that many rows.
   """
+  if not run.splits and run.data_error:
+    raise FileNotFoundError(f'{run.workdir} is an exported model whose data are not here, so'
+                            f' it has no split to evaluate: {run.data_error}')
   split_names = split_names or run.info.eval_splits
   unknown = set(split_names) - set(run.splits)
   if unknown:
@@ -52,12 +59,18 @@ def evaluate_elbo(run: run_lib.Run, split_names=None, seed: int | None = None,
   return results
 
 
+def describe(run: run_lib.Run) -> str:
+  """'checkpoint at step N, EMA parameters', or for an exported folder 'exported model of
+  step N, ...'."""
+  what = 'exported model of step' if exported.is_exported(run.workdir) else 'checkpoint at step'
+  return f'{what} {run.step}, {run.which_params.upper()} parameters'
+
+
 def format_elbo(run: run_lib.Run, results) -> str:
   """The lines md4/evaluate.py prints for `evaluate_elbo`'s results."""
   unit = 'bits per dimension' if run.info.is_image else 'bits per token'
   what = 'NLL' if run.model.autoregressive else 'negative ELBO'
-  lines = [f'{run.workdir}: checkpoint at step {run.step}, {run.which_params.upper()}'
-           f' parameters; {what} in {unit}']
+  lines = [f'{run.workdir}: {describe(run)}; {what} in {unit}']
   for name, r in results.items():
     error = '' if r['stderr'] is None or not r['draws'] else f' ± {r["stderr"]:.4f}'
     draws = 'exact' if r['draws'] == 0 else f'{r["draws"]} draws of t and masks each'
@@ -67,6 +80,97 @@ def format_elbo(run: run_lib.Run, results) -> str:
     lines.append(line)
   if any(r['stderr'] is None for r in results.values()):
     lines.append('  (one draw per example: set --config.eval_repeats=4 for a standard error)')
+  return '\n'.join(lines)
+
+
+def zero_shot_model(run: run_lib.Run, zs: zero_shot_data.ZeroShotSet):
+  """The run's model for a zero-shot set: for padded rows, the same model with the set's
+  padding id (never masked, never counted; md4.models.md4.MD4.pad_id)."""
+  if zs.pad_id is None:
+    return run.model
+  if run.config.model_type != 'md4':
+    raise ValueError(f'the {zs.name} rows are padded (layout pad), which only model_type'
+                     " 'md4' scores; prepare the set again with --layout=wrap")
+  info = dataclasses.replace(run.info, pad_id=zs.pad_id, length_probs=zs.length_probs())
+  return models.build(run.config, info)
+
+
+def zero_shot_elbo(run: run_lib.Run, zs: zero_shot_data.ZeroShotSet, seed=None,
+                   max_examples: int = 0) -> dict:
+  """Negative ELBO (an AR model: NLL) of every row of a zero-shot set, per scored token.
+
+  Rows go in batches of config.eval_batch_size (the last one smaller: no row is dropped),
+  each estimated config.eval_repeats times, batch i's draw r with the key
+  fold_in(eval key, i·repeats + r) as md4.evaluation's. Each draw's bits are weighted by
+  the rows' scored tokens, so that 2^loss is the perplexity bound over the set's tokens
+  (padding excluded); stderr = sqrt(Σ_b w_b² s²_b / R) with w_b a batch's share of the
+  tokens and s²_b the variance of its R draws (None for one draw, 0 when exact).
+  """
+  rows = zs.rows[:max_examples] if max_examples else zs.rows
+  shards = sharding.batch_shards(run.mesh)
+  size = min(run.config.eval_batch_size, len(rows)) // shards * shards
+  if size == 0:
+    raise ValueError(f'{zs.name} has {len(rows)} rows, fewer than the {shards} devices')
+  model = zero_shot_model(run, zs)
+  losses = jax.jit(lambda p, x, key: models.loss_terms(model, p, x, key, False)['loss'])
+  rng, repeats = run_lib.eval_key(run.config, seed), run.config.eval_repeats
+  batch_sharding = sharding.batch_sharding(run.mesh)
+  bits, tokens, examples = [], [], 0  # per batch: [R] bits per token, its tokens
+  with run.context():
+    for i, start in enumerate(range(0, len(rows), size)):
+      local = np.asarray(rows[start:start + size], np.int32)
+      local = local[:len(local) // shards * shards]
+      if len(local):
+        n = zs.num_tokens(local)
+        batch = sharding.global_batch(batch_sharding, local)
+        draws = [losses(run.params, batch, jax.random.fold_in(rng, i * repeats + r))
+                 for r in range(repeats)]
+        bits.append(np.asarray(jax.device_get(draws), np.float64) @ n / n.sum())
+        tokens.append(int(n.sum()))
+        examples += len(local)
+  bits, w = np.stack(bits), np.asarray(tokens) / sum(tokens)  # [batches, R], [batches]
+  exact = run.model.autoregressive
+  stderr = (0.0 if exact else None if repeats < 2 else
+            float(np.sqrt(np.sum(w**2 * bits.var(axis=1, ddof=1)) / repeats)))
+  return {'loss': float(w @ bits.mean(axis=1)), 'stderr': stderr, 'examples': examples,
+          'tokens': sum(tokens), 'draws': 0 if exact else repeats, 'split': zs.split,
+          'layout': zs.metadata['zero_shot']['layout']}
+
+
+def evaluate_zero_shot(run: run_lib.Run, names, data_dir: str | None = None, seed=None,
+                       max_examples: int = 0) -> dict[str, dict]:
+  """`zero_shot_elbo` of each prepared zero-shot set of `names` (md4.data.zero_shot; ['all']:
+  every one) in data_dir (None: the run's config.data.data_dir), read as rows of the run's
+  length. Every set is opened before the first is evaluated, so a missing one fails at once.
+  """
+  if not run.uses_gpt2_tokens:
+    raise ValueError(f'the zero-shot sets are GPT-2 tokens, but this run models'
+                     f' {run.config.data.dataset!r}; evaluate a GPT-2-token run')
+  data_dir = data_dir or run.config.data.data_dir
+  sets = [zero_shot_data.read(data_dir, name, run.info.data_shape[0])
+          for name in zero_shot_data.names(names)]
+  return {zs.name: zero_shot_elbo(run, zs, seed, max_examples) for zs in sets}
+
+
+def format_zero_shot(run: run_lib.Run, results) -> str:
+  """The table md4/evaluate.py --zero_shot prints: each set's bits per token with its
+  standard error, the perplexity bound, rows and tokens, and the MD4 paper's numbers."""
+  ar = run.model.autoregressive
+  what, bound = ('NLL', 'perplexity') if ar else ('negative ELBO', 'perplexity ≤')
+  paper = zero_shot_data.PAPER_MODELS
+  lines = [f'{run.workdir}: {describe(run)}; zero-shot {what} in bits per GPT-2 token,'
+           f' rows of {run.info.data_shape[0]}',
+           '| set | split | layout | examples | tokens | bits | ± | ' + bound + ' | '
+           + ' | '.join(f'{m} (paper)' for m in paper) + ' |',
+           '|' + '---|' * (8 + len(paper))]
+  for name, r in results.items():
+    bench = zero_shot_data.BENCHMARKS[name]
+    error = '—' if r['stderr'] is None else f'{r["stderr"]:.4f}'
+    lines.append(f'| {bench.title} | {r["split"]} | {r["layout"]} | {r["examples"]} |'
+                 f' {r["tokens"]} | {r["loss"]:.4f} | {error} | {2.0**r["loss"]:.2f} | '
+                 + ' | '.join(f'{bench.paper[m]:.2f}' for m in paper) + ' |')
+  if any(r['stderr'] is None for r in results.values()):
+    lines.append('(one draw per row: set --config.eval_repeats=4 for a standard error)')
   return '\n'.join(lines)
 
 
@@ -165,7 +269,7 @@ def draw_samples(run: run_lib.Run, sampling_config, num_samples: int, batch_size
   return Samples(np.concatenate(tokens), np.concatenate(nfe), seconds, compile_seconds)
 
 
-def sample(workdir, config, *, step=None, params='ema', num_samples=16, batch_size=0,
+def sample(workdir, config, *, step=None, params=None, num_samples=16, batch_size=0,
            length=0, prefix='', suffix='', infill='', label=None, seed=0, output=''):
   """md4/sample.py: samples from a run, written to a file; prints NFE and wall time."""
   sampling.Options.from_config(config.sampling)  # a bad option fails before the restore

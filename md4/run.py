@@ -3,7 +3,9 @@
 A run's workdir holds its resolved config (config.json, md4.configs.save) and checkpoints;
 `load_run` rebuilds the model from them, so nothing but the workdir is needed. It uses the
 same pieces as training (md4.models, md4.state, md4.checkpoint) but not the training loop.
-md4/evaluate.py, md4/sample.py, md4.inference and md4.judges start here.
+It also takes an exported model's folder (md4.exported: weights, config, no checkpoints),
+whose Run is the run's at the exported step. md4/evaluate.py, md4/sample.py,
+md4.inference and md4.judges start here.
 """
 
 import dataclasses
@@ -20,6 +22,7 @@ import numpy as np
 from md4 import checkpoint
 from md4 import configs
 from md4 import data
+from md4 import exported
 from md4 import models
 from md4 import optim
 from md4 import sharding
@@ -43,6 +46,8 @@ class Run:
   which_params: str  # 'ema' or 'raw'
   mesh: jax.sharding.Mesh
   rules: tuple
+  # Why `splits` is empty: an exported model whose data are not on this machine.
+  data_error: str = ''
 
   def context(self):
     """The mesh and logical-axis rules the networks' sharding annotations read."""
@@ -72,12 +77,18 @@ def eval_key(config, seed: int | None = None) -> jax.Array:
 
 
 def load_run(workdir: str, config=None, step: int | None = None,
-             params: str = 'ema') -> Run:
+             params: str | None = None) -> Run:
   """Restores `workdir`'s checkpoint at `step` (None: the latest) with its saved config, or
-  with `config` (the saved one with overrides); params 'ema' or 'raw'."""
-  if params not in PARAMS:
+  with `config` (the saved one with overrides); params 'ema' or 'raw' (None: 'ema').
+
+  An exported folder (md4.exported) gives its one set of parameters, at its step.
+  """
+  if params is not None and params not in PARAMS:
     raise ValueError(f'unknown params {params!r}; choose from {list(PARAMS)}')
   config = configs.load(workdir) if config is None else config
+  if exported.is_exported(workdir):
+    return load_exported(workdir, config, step, params)
+  params = params or 'ema'
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'{workdir} has no checkpoints/ folder; train there first')
   manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
@@ -98,3 +109,45 @@ def load_run(workdir: str, config=None, step: int | None = None,
   manager.close()
   chosen = state.ema_params if params == 'ema' else state.params
   return Run(workdir, config, info, splits, model, chosen, step, params, mesh, rules)
+
+
+def exported_data(folder: str, config, entry: dict):
+  """(info, splits, why no splits) of an exported model: its data where they load (checked
+  against the export), else the info that md4_export.json describes and no splits."""
+  try:
+    info, splits = data.load_dataset(config.data)
+  except FileNotFoundError as e:
+    return exported.info_from_entry(entry), {}, str(e)
+  saved = (entry['vocab_size'], tuple(entry['data_shape']), entry['pad_id'])
+  if (info.vocab_size, info.data_shape, info.pad_id) != saved:
+    raise ValueError(
+        f'the data of {folder}\'s config ({config.data.dataset!r} in {config.data.data_dir})'
+        f' have (vocabulary, shape, padding) {(info.vocab_size, info.data_shape, info.pad_id)},'
+        f' but the exported model was made for {saved}; point --config.data.data_dir at its'
+        ' data')
+  return info, splits, ''
+
+
+def load_exported(folder: str, config, step: int | None = None,
+                  params: str | None = None) -> Run:
+  """The Run of an exported model (md4.exported): its config (with overrides), data where
+  they load, and its parameters, checked to fit the model the config builds."""
+  meta = exported.read_meta(folder)
+  if step is not None and step != meta['step']:
+    raise ValueError(f'{folder} is an exported model of step {meta["step"]}; --step'
+                     f' {step} needs the training run\'s workdir')
+  if params is not None and params != meta['params']:
+    raise ValueError(f'{folder} holds the {meta["params"].upper()} parameters only;'
+                     f' --params={params} needs the training run\'s workdir')
+  info, splits, data_error = exported_data(folder, config, meta['data'])
+  model = models.build(config, info)
+  mesh, rules = sharding.setup(config, sharded=False)
+  example = jnp.zeros((1,) + info.data_shape, jnp.int32)
+  with sharding.active(mesh, rules):
+    boxed = jax.eval_shape(lambda r: model.init({'params': r, 'sample': r, 'dropout': r},
+                                                example)['params'], jax.random.key(0))
+  flat = exported.read_weights(folder)
+  exported.check_weights(flat, exported.flatten_abstract(nn.unbox(boxed)), folder)
+  chosen = jax.tree.map(jnp.asarray, exported.unflatten_params(flat))
+  return Run(folder, config, info, splits, model, chosen, meta['step'], meta['params'],
+             mesh, rules, data_error)

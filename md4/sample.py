@@ -9,7 +9,8 @@ The sampler and its options are the run's config.sampling (md4/configs/base.py l
 them; md4.sampling the samplers), overridden by --config.sampling.*; --sampler and --steps
 are short for --config.sampling.sampler and --config.sampling.timesteps. Prints the network
 evaluations (NFE) per sample and the wall time. Prompts are tokenized with the run's
-tokenizer; --length beyond the training length needs --config.sampling.block_size.
+tokenizer; --length beyond the training length needs --config.sampling.block_size. W may
+also be a folder written by md4/export.py or md4/import_mdlm.py.
 """
 
 import os
@@ -27,9 +28,11 @@ from md4 import configs
 from md4 import inference
 from md4 import run as run_lib
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A training run\'s directory.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A training run\'s directory, or an'
+                               ' exported model\'s folder.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-_PARAMS = flags.DEFINE_enum('params', 'ema', run_lib.PARAMS, 'Which parameters.')
+_PARAMS = flags.DEFINE_enum('params', None, run_lib.PARAMS, 'Which parameters (default:'
+                            ' ema; an exported folder\'s own).')
 _SAMPLER = flags.DEFINE_string('sampler', None, 'A key of md4.sampling.SAMPLERS (default:'
                                " the run's config.sampling.sampler).")
 _STEPS = flags.DEFINE_integer('steps', None, 'Reverse steps (config.sampling.timesteps).')

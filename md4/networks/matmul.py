@@ -56,22 +56,34 @@ def _low_precision_matmul_bwd(residuals, g):  # g [N, F] float32
 low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
+def _concatenated(x2, *kernels):
+  """[x2 · k for k in kernels] as one product with the kernels side by side [D, ΣF_i]."""
+  y = float32_matmul(x2, jnp.concatenate(kernels, axis=1))  # [N, ΣF_i]
+  return jnp.split(y, np.cumsum([k.shape[1] for k in kernels])[:-1], axis=1)
+
+
+def _separate(x2, *kernels):
+  """[x2 · k for k in kernels], each its own product."""
+  return [float32_matmul(x2, k) for k in kernels]
+
+
 def project(x, kernels, dtype, matmul_dtype):
   """x [..., D] times each kernel [D, F_i] (bias-free dense layers on one input).
 
   The leading axes are flattened first, so each product is one [N, D] matrix times a
   kernel: XLA's CPU backend runs the backward pass of a contraction over [B, L, D] slower.
   On CPUs the kernels are also concatenated into one [D, ΣF_i] product (q, k and v; W1 and
-  W3: a faster backward pass there); elsewhere each stays its own product, so that a kernel
-  sharded along heads or MLP units keeps its sharding. Returns one [..., F_i] array per
-  kernel, in `dtype`.
+  W3: a faster backward pass there); on other platforms each stays its own product, so that
+  a kernel sharded along heads or MLP units keeps its sharding. The choice is made where
+  the program is lowered (jax.lax.platform_dependent), not by the host that traces it, so a
+  program exported from a CPU host for GPUs or TPUs has no CPU-only product in it. Returns
+  one [..., F_i] array per kernel, in `dtype`.
   """
   d = x.shape[-1]
   x2 = x.reshape(-1, d).astype(matmul_dtype)  # [N, D]
   kernels = [k.astype(matmul_dtype) for k in kernels]
-  if jax.default_backend() == 'cpu' and len(kernels) > 1:
-    y = float32_matmul(x2, jnp.concatenate(kernels, axis=1))  # [N, ΣF_i]
-    ys = jnp.split(y, np.cumsum([k.shape[1] for k in kernels])[:-1], axis=1)
+  if len(kernels) > 1:
+    ys = jax.lax.platform_dependent(x2, *kernels, cpu=_concatenated, default=_separate)
   else:
-    ys = [float32_matmul(x2, k) for k in kernels]
+    ys = _separate(x2, *kernels)
   return [y.astype(dtype).reshape(x.shape[:-1] + y.shape[-1:]) for y in ys]

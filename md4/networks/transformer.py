@@ -155,6 +155,25 @@ def einsum_attention(q, k, v, causal=False, dropout_rate=0.0, dropout_rng=None):
   return y.astype(v.dtype).transpose(0, 2, 1, 3)
 
 
+def attention(q, k, v, impl, causal=False):
+  """softmax(q·kᵀ/√K)·v of [B, L, H, K] by implementation `impl` (ATTENTION_IMPLS).
+
+  'auto' is chosen where the program is lowered (jax.lax.platform_dependent): `einsum` on
+  CPUs, XLA's elsewhere, and cuDNN's fused kernel on GPUs in 16-bit compute when the
+  tracing host has cuDNN (a program exported from a CPU host for GPUs gets XLA's).
+  """
+  if impl == 'einsum':
+    return einsum_attention(q, k, v, causal)
+  xla = lambda *a, implementation='xla': jax.nn.dot_product_attention(
+      *a, is_causal=causal, implementation=implementation)
+  if impl != 'auto':
+    return xla(q, k, v, implementation=impl)
+  per_platform = {'cpu': lambda *a: einsum_attention(*a, causal)}
+  if q.dtype == jnp.bfloat16 and jax.default_backend() == 'gpu':
+    per_platform['cuda'] = lambda *a: xla(*a, implementation='cudnn')
+  return jax.lax.platform_dependent(q, k, v, default=xla, **per_platform)
+
+
 def channel_dropout(module, x, rate, train):
   """Dropout of whole channels of x [B, L, C]: one mask [B, 1, C] per example and channel,
   shared by every position, kept values scaled by 1/(1 − rate) (the original's Dropout1d)."""
@@ -241,16 +260,11 @@ class Attention(nn.Module):
       kk = _rms_norm(self.dtype, 'k_norm', axis=None)(kk)
     positions = np.arange(l, dtype=np.float32)
     q, kk = rotary(q, positions).astype(v.dtype), rotary(kk, positions).astype(v.dtype)
-    impl = self.attention_impl
     dropout = self.dropout_rate if train else 0.0
-    if impl == 'auto':
-      impl = {'gpu': 'cudnn' if self.dtype == jnp.bfloat16 else 'xla',
-              'cpu': 'einsum'}.get(jax.default_backend(), 'xla')
-    if impl == 'einsum' or dropout > 0.0:
-      y = einsum_attention(q, kk, v, self.causal, dropout,
-                           self.make_rng('dropout') if dropout > 0.0 else None)
+    if dropout > 0.0:  # the implementation with dropout on the probabilities
+      y = einsum_attention(q, kk, v, self.causal, dropout, self.make_rng('dropout'))
     else:
-      y = jax.nn.dot_product_attention(q, kk, v, is_causal=self.causal, implementation=impl)
+      y = attention(q, kk, v, self.attention_impl, self.causal)
     wo = _kernel(self, 'wo', _init(self.out_init_std, lecun_normal), (d, d),
                  ('heads', 'embed'))
     y, = matmul.project(y.reshape(b, l, d), [wo], self.dtype, self.matmul_dtype)
