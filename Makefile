@@ -25,7 +25,7 @@ train: $(STAMP)
 	$(RUN) md4/main.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(RUN) -m pytest -q tests
+	$(RUN) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(RUN) benchmarks/benchmark.py

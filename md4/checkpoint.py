@@ -18,6 +18,10 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from md4 import optim
+from md4 import sharding
+from md4 import state as state_lib
+
 UNREADABLE_DIR = 'unreadable_checkpoints'  # in the workdir, beside checkpoints/
 
 
@@ -79,6 +83,30 @@ def restore_or_init(manager, abstract, shardings, init: Callable, steps=None):
         f'no checkpoint in {manager.directory} can be read ({listed}). Nothing was moved or '
         'deleted; to start afresh, use a new --workdir (or move the checkpoints away).')
   return init()
+
+
+def restore_workdir(workdir: str, config, model, step: int | None = None):
+  """(the TrainState of `workdir`'s checkpoint at `step`, None: the latest; that step),
+  restored onto one device's mesh for `model` as `config` builds it (its optimizer, and a
+  teacher for a distillation run's)."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'{workdir} has no checkpoints/ folder; train there first')
+  manager = make_manager(workdir, config.keep_checkpoints)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f'{manager.directory} holds no checkpoint yet')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f'no checkpoint at step {step} in {manager.directory}; it has {steps}')
+  mesh, rules = sharding.setup(config, sharded=False)
+  optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
+  example = jax.numpy.zeros((1,) + tuple(model.data_shape), jax.numpy.int32)
+  with sharding.active(mesh, rules):
+    abstract, shardings, _ = state_lib.abstract_state(
+        model, optimizer, mesh, rules, example, with_teacher=state_lib.distills(config))
+    state = restore_or_init(manager, abstract, shardings, init=None, steps=[step])
+  manager.close()
+  return state, step
 
 
 def _describe(error):

@@ -4,7 +4,7 @@ r"""Evaluates a trained run, or scores samples.
       [--max_examples=N] [--seed=S] [--config.KEY=VALUE ...]
   python md4/evaluate.py --workdir=W --zero_shot=all|lambada,wikitext2,ptb,... \
       [--zero_shot_dir=DIR]
-  python md4/evaluate.py --samples=FILE[,FILE...] --judge=W_AR|gpt2:NAME_OR_FOLDER
+  python md4/evaluate.py --samples=FILE[,FILE...] --judge=W_AR|gpt2:NAME_OR_FOLDER|markov:DIR
 
 The first form prints the negative ELBO of each split (the run's eval splits by default,
 'train' too) in bits per token with its Monte-Carlo standard error, from the run's saved
@@ -14,7 +14,9 @@ with --config.data.data_dir=DIR. W may also be a folder written by md4/export.py
 md4/import_mdlm.py. The second form evaluates a GPT-2-token run on the zero-shot sets
 prepared by prepare_zero_shot_data.py in DIR (default: the run's data_dir) and prints one
 table with the MD4 paper's numbers beside (md4.data.zero_shot). The third prints
-generative perplexity and unigram entropy of samples written by md4/sample.py (md4.judges).
+generative perplexity and unigram entropy of samples written by md4/sample.py (md4.judges);
+with markov:DIR (samples of a run trained on md4.markov's data in DIR) also their exact NLL
+under the chain against its entropy rate, and the KL of their transitions from the chain's.
 """
 
 import os
@@ -47,8 +49,9 @@ _ZERO_SHOT = flags.DEFINE_list('zero_shot', [], 'Zero-shot sets to evaluate (all
 _ZERO_SHOT_DIR = flags.DEFINE_string('zero_shot_dir', None, 'Where the zero-shot sets are'
                                      " prepared (default: the run's config.data.data_dir).")
 _SAMPLES = flags.DEFINE_list('samples', [], 'Sample files (md4/sample.py) to score.')
-_JUDGE = flags.DEFINE_string('judge', None, 'Workdir of an autoregressive run, or '
-                             'gpt2:NAME_OR_FOLDER (Hugging Face GPT-2 weights).')
+_JUDGE = flags.DEFINE_string('judge', None, 'Workdir of an autoregressive run, '
+                             'gpt2:NAME_OR_FOLDER (Hugging Face GPT-2 weights), or '
+                             'markov:DATA_DIR (the chain `python -m md4.markov` wrote there).')
 _BATCH = flags.DEFINE_integer('batch_size', 16, 'Chunks the judge scores at once.')
 
 

@@ -10,7 +10,6 @@ md4.inference and md4.judges start here.
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -24,7 +23,6 @@ from md4 import configs
 from md4 import data
 from md4 import exported
 from md4 import models
-from md4 import optim
 from md4 import sharding
 from md4 import state as state_lib
 from md4.data import text
@@ -89,24 +87,10 @@ def load_run(workdir: str, config=None, step: int | None = None,
   if exported.is_exported(workdir):
     return load_exported(workdir, config, step, params)
   params = params or 'ema'
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'{workdir} has no checkpoints/ folder; train there first')
-  manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(f'{manager.directory} holds no checkpoint yet')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise ValueError(f'no checkpoint at step {step} in {manager.directory}; it has {steps}')
   mesh, rules = sharding.setup(config, sharded=False)
   info, splits = data.load_dataset(config.data)
   model = models.build(config, info)
-  optimizer = optim.make_optimizer(config.opt, config.num_train_steps)
-  example = jnp.zeros((1,) + info.data_shape, jnp.int32)
-  with sharding.active(mesh, rules):
-    abstract, shardings, _ = state_lib.abstract_state(model, optimizer, mesh, rules, example)
-    state = checkpoint.restore_or_init(manager, abstract, shardings, init=None, steps=[step])
-  manager.close()
+  state, step = checkpoint.restore_workdir(workdir, config, model, step)
   chosen = state.ema_params if params == 'ema' else state.params
   return Run(workdir, config, info, splits, model, chosen, step, params, mesh, rules)
 

@@ -36,12 +36,25 @@ class TrainState:
   opt_state: Any
 
 
-def abstract_state(model, optimizer, mesh, rules, example_batch):
+@flax.struct.dataclass
+class DistillState(TrainState):
+  """The state of a distillation run (md4.distill): a TrainState whose parameters are the
+  student's, with the teacher's beside them."""
+  teacher_params: Any
+
+
+def distills(config) -> bool:
+  """Whether `config` is a distillation run: config.distill.teacher_workdir is set."""
+  return bool(config.get('distill') and config.distill.get('teacher_workdir'))
+
+
+def abstract_state(model, optimizer, mesh, rules, example_batch, with_teacher=False):
   """(abstract TrainState, its NamedShardings, init_params(rng) -> boxed parameters).
 
   Parameters shard by the logical-axis rules; the EMA and every optimizer-state leaf that
   mirrors a parameter take that parameter's sharding; scalars (counts) are replicated.
-  Call within `sharding.active(mesh, rules)`.
+  with_teacher: a DistillState, whose teacher parameters shard as the parameters. Call
+  within `sharding.active(mesh, rules)`.
   """
 
   def init_params(rng):
@@ -57,6 +70,9 @@ def abstract_state(model, optimizer, mesh, rules, example_batch):
                         ema_params=params, opt_state=opt_state)
   shardings = TrainState(step=replicated, params=param_sh, ema_params=param_sh,
                          opt_state=opt_sh)
+  if with_teacher:
+    abstract = DistillState(**vars(abstract), teacher_params=params)
+    shardings = DistillState(**vars(shardings), teacher_params=param_sh)
   return abstract, shardings, init_params
 
 

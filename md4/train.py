@@ -27,6 +27,7 @@ import optax
 from md4 import checkpoint
 from md4 import configs
 from md4 import data
+from md4 import distill
 from md4 import evaluation
 from md4 import models
 from md4 import optim
@@ -56,13 +57,14 @@ def split_microbatches(batch, num_microbatches):
   return jax.tree.map(split, batch)
 
 
-def compute_grads(model, params, batch, rng, num_microbatches):
-  """Gradient of the mean loss, accumulated over microbatches with keys fold_in(rng, i).
+def compute_grads(loss, params, batch, rng, num_microbatches):
+  """Gradient of the mean of loss(params, batch, rng) -> (loss, metrics), accumulated over
+  microbatches with keys fold_in(rng, i).
 
   Microbatches are equal in size, so the average of their gradients is the gradient of the
   full batch's mean loss.
   """
-  grad_fn = jax.grad(functools.partial(loss_fn, model, train=True), has_aux=True)
+  grad_fn = jax.grad(loss, has_aux=True)
   if num_microbatches == 1:
     return grad_fn(params, batch, jax.random.fold_in(rng, 0))
 
@@ -78,11 +80,29 @@ def compute_grads(model, params, batch, rng, num_microbatches):
   return jax.tree.map(lambda x: x / num_microbatches, total)
 
 
+def objective(model, config, state):
+  """The run's loss(params, batch, rng) -> (loss, metrics): the model's ELBO terms, or for a
+  distillation run (a DistillState) md4.distill's, against the teacher of the step's round.
+
+  A distillation round begins with the teacher taking the student's parameters (from the
+  second round on); the state returned carries that teacher.
+  """
+  if not isinstance(state, state_lib.DistillState):
+    return functools.partial(loss_fn, model, train=True), state
+  d = config.distill
+  new_round = (state.step > 0) & (state.step % d.steps_per_round == 0)
+  teacher = jax.tree.map(lambda t, p: jax.numpy.where(new_round, p, t),
+                         state.teacher_params, state.params)
+  loss = functools.partial(distill.loss_fn, model, d, config.sampling.sampling_grid,
+                           teacher, state.step // d.steps_per_round)
+  return loss, state.replace(teacher_params=teacher)
+
+
 def train_step(model, optimizer, config, state, batch, rng):
   """One optimizer step: (state, batch [B, *S]) -> (state, metrics). rng is the run's train key."""
   rng = jax.random.fold_in(rng, state.step)
-  grads, metrics = compute_grads(model, state.params, batch, rng,
-                                 config.num_microbatches)
+  loss, state = objective(model, config, state)
+  grads, metrics = compute_grads(loss, state.params, batch, rng, config.num_microbatches)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = optim.ema_update(state.ema_params, params,
@@ -131,6 +151,8 @@ def validate_config(config, num_devices):
   for ok, message in checks:
     if not ok:
       raise ValueError(message)
+  if state_lib.distills(config):
+    distill.check(config)
 
 
 # ----------------------------------------------------------------------- the run
@@ -246,11 +268,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       configs.save(config, workdir)  # tools rebuild the model from it (md4.run)
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
     example = jax.numpy.zeros((1,) + setup.info.data_shape, jax.numpy.int32)
+    distilling = state_lib.distills(config)
     abstract, shardings, init_params = state_lib.abstract_state(
-        setup.model, optimizer, mesh, rules, example)
+        setup.model, optimizer, mesh, rules, example, with_teacher=distilling)
     state = checkpoint.restore_or_init(
-        manager, abstract, shardings, lambda: state_lib.init_state(
-            optimizer, init_params, shardings, state_lib.run_key(config.seed, 'init')))
+        manager, abstract, shardings,
+        lambda: distill.start_state(config, setup.model, optimizer, shardings) if distilling
+        else state_lib.init_state(optimizer, init_params, shardings,
+                                  state_lib.run_key(config.seed, 'init')))
     logging.info('Model: %d parameters; vocab %d; data shape %s; mesh %s; start step %d',
                  sum(x.size for x in jax.tree.leaves(state.params)),
                  setup.info.vocab_size, setup.info.data_shape, dict(mesh.shape),

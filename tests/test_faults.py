@@ -415,7 +415,12 @@ def test_sigterm_during_the_last_eval_or_sampling_stops_within_seconds(
   config = lambda **kw: tiny_config(**{'num_train_steps': 4, 'eval_every_steps': 4,
                                        'sample_every_steps': 4, 'checkpoint_every_steps': 4,
                                        **kw})
-  sent = _sigterm_when(lambda: (tmp_path / 'checkpoints' / '4').exists(), delay=3.0)
+  def started():  # the phase is under way: the checkpoint saved; for samples, eval done
+    if not (tmp_path / 'checkpoints' / '4').exists():
+      return False
+    return phase == 'eval' or '"valid_loss"' in (tmp_path / 'metrics.jsonl').read_text()
+
+  sent = _sigterm_when(started, delay=3.0)
   with pytest.raises(preemption.Preempted, match='SIGTERM received: stopped after step 4 '
                      'of 4') as stopped:
     train.train_and_evaluate(config(**long), str(tmp_path))

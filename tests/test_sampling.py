@@ -21,6 +21,7 @@ from md4.models import MD4
 import toys
 
 V, L = 4, 6
+GPT2_VOCAB = 50_257
 
 
 class TimelessNet(nn.Module):
@@ -73,7 +74,9 @@ VARIANTS = [(name, {}) for name in sorted(sampling.SAMPLERS)] + [
     ('ancestral', {'cache': True}), ('mean', {'block_size': 4}),
     ('confidence', {'block_size': 2, 'confidence_noise': 1.0}),
     ('first_hitting', {'block_size': 3}), ('remdm', {'remdm_eta': 0.5}),
-    ('ancestral', {'temperature': 0.7, 'topk': 2, 'float64_draws': False})]
+    ('ancestral', {'temperature': 0.7, 'topk': 2, 'float64_draws': False}),
+    ('confidence', {'confidence_score': 'drawn'}),
+    ('threshold', {'block_size': 3, 'threshold': 0.5})]
 
 
 @pytest.mark.parametrize('sampler,extra', VARIANTS)
@@ -197,6 +200,60 @@ def test_confidence_reveals_the_most_confident_positions_on_the_grid_schedule():
   out, nfe = _sample(model, {}, jnp.full((2, L), V), sampler='confidence', timesteps=2)
   np.testing.assert_array_equal(out, [[3, 3, 3, 2, 2, 2]] * 2)
   assert list(nfe) == [2, 2]
+
+
+class PositionOracle(nn.Module):
+  """Whatever z and t: token 0 w.p. tops[j] at position j, the rest evenly (a fixed
+  confidence per position)."""
+  tops: tuple[float, ...]
+
+  @nn.compact
+  def __call__(self, z, t, train=False):
+    top = jnp.asarray(self.tops)[:, None]  # [L, 1]
+    probs = jnp.where(jnp.arange(V) == 0, top, (1.0 - top) / (V - 1))
+    return jnp.broadcast_to(jnp.log(probs), z.shape + (V,))
+
+
+def test_threshold_reveals_what_passes_and_one_more_per_call_until_no_mask_is_left():
+  """Confidences fixed per position, τ = 0.9: the first call reveals every masked position
+  of confidence ≥ τ (at least the best one), each later call one more; with τ = 1 one per
+  call, so the calls never exceed the masks. NFE exact, given tokens kept, no mask left."""
+  tops = (0.95, 0.5, 0.92, 0.3, 0.99, 0.6)
+  model = _model(PositionOracle(tops))
+  z = _partly_given()
+  masked = np.asarray(z) == V
+  passing = (masked & (np.asarray(tops) >= 0.9)).sum(1)
+  for tau, first in ((0.9, np.maximum(passing, 1)), (1.0, 1)):
+    out, nfe = _sample(model, {}, z, sampler='threshold', threshold=tau)
+    np.testing.assert_array_equal(nfe, 1 + masked.sum(1) - first)
+    assert out.max() < V
+    np.testing.assert_array_equal(out[~masked], np.asarray(z)[~masked])
+
+
+def test_confidence_ranked_by_the_drawn_token_favours_likely_tokens():
+  """μθ the same everywhere (Oracle), 6 masks, 2 steps of 3. Ranked by certainty ('max':
+  all tie, so at random) the revealed tokens are draws from μθ; ranked by the drawn
+  token's probability ('drawn') step 1 reveals the draws that came out likeliest, so
+  token 0 (0.55) takes 0.70 of the positions: the bias that collapsed text samples."""
+  probs = np.array([0.55, 0.3, 0.1, 0.05])
+  model = _model(toys.Oracle(tuple(probs)))
+  n = 4000
+  z = jnp.full((n, L), V)
+  for score in ('max', 'drawn'):
+    out, _ = _sample(model, {}, z, sampler='confidence', timesteps=2, confidence_score=score)
+    freq = np.bincount(out.ravel(), minlength=V) / out.size
+    unbiased = np.all(np.abs(freq - probs) < 5 * np.sqrt(probs * (1 - probs) / out.size))
+    assert unbiased == (score == 'max'), (score, freq)
+  assert freq[0] > 0.65
+
+
+def test_parallel_decoders_give_the_network_the_time_of_its_masks():
+  """t with 1 − α(t) = the masked fraction: 3 of 6 masked is t = 0.5 under the linear
+  schedule, 1/3 under the cosine one (1 − cos(π/2·(1 − t)) = 1/2)."""
+  z = jnp.asarray([[V, V, V, V, V, V], [0, V, 1, V, 2, V]])
+  for schedule, want in (('linear', [1.0, 0.5]), ('cosine', [1.0, 1 / 3])):
+    got = net.Net(_model(schedule=schedule), {}, None, options.Options()).time_of_masks(z)
+    np.testing.assert_allclose(got, want, atol=1e-3)
 
 
 def test_remdm_without_remasking_is_the_ancestral_sampler():
@@ -323,6 +380,49 @@ def test_categorical_draws_have_the_right_frequencies(fine):
   assert np.all(np.abs(freq - probs) < 5 * np.sqrt(probs * (1 - probs) / n)), freq
 
 
+def test_exact_draws_block_masses_match_float64():
+  """The two-level draw's block log-masses (GPT-2's vocabulary: 197 blocks of 256) against
+  float64: the masses to about 2·2^-24, their float32 logs within 2^-24 of their size more,
+  however far in the tail a block lies."""
+  rng = np.random.default_rng(0)
+  logits = np.stack([rng.normal(0, 3, GPT2_VOCAB), rng.normal(-40, 3, GPT2_VOCAB),
+                     rng.uniform(-80, -60, GPT2_VOCAB)])
+  logits[1:, 5] = 0.0
+  log_p = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
+  blocked = draws.blocks(jnp.asarray(log_p))
+  assert blocked.shape == (3, 197, 256)
+  got = np.asarray(draws.block_log_masses(blocked), np.float64)
+  padded = np.full((3, 197 * 256), -np.inf)
+  padded[:, :GPT2_VOCAB] = log_p
+  want = np.log(np.exp(padded.reshape(3, 197, 256)).sum(-1))
+  assert want.min() < -55  # blocks of mass e^-55 and less
+  assert np.all(np.abs(got - want) <= (4 + np.abs(want)) * 2.0**-24)
+
+
+def test_exact_draws_give_one_in_ten_million_tokens_their_share():
+  """GPT-2's vocabulary: one token of probability 0.995 and 50,256 of 1e-7 each, 16.1 nats
+  below it (float32 Gumbel noise draws those about half as often). 40,000 exact draws
+  give the tail n·0.005 times, spread evenly over the vocabulary, never a padding id."""
+  n, tiny, head = 40_000, 1e-7, 30_000
+  row = np.full(GPT2_VOCAB, np.log(tiny), np.float32)
+  row[head] = np.log1p(-(GPT2_VOCAB - 1) * tiny)
+  keys = jax.random.split(jax.random.key(0), n)
+  out = np.asarray(jax.jit(jax.vmap(lambda k: draws.categorical(k, row, True)))(keys))
+  assert out.min() >= 0 and out.max() < GPT2_VOCAB
+  tail = out[out != head]
+  expected = n * (GPT2_VOCAB - 1) * tiny  # 201
+  assert abs(len(tail) - expected) < 5 * math.sqrt(expected), len(tail)
+  below = (tail < head).sum()  # head of the 50,256 tail ids lie below it
+  share = head / (GPT2_VOCAB - 1)
+  assert abs(below - share * len(tail)) < 5 * math.sqrt(len(tail) * share * (1 - share))
+
+
+def test_fine_bernoulli_draws_have_the_right_frequencies():
+  p, n = np.array([1e-3, 0.3, 0.7, 1 - 1e-3], np.float32), 1_000_000
+  drawn = np.asarray(draws.bernoulli(jax.random.key(0), p[:, None], (4, n), True))
+  assert np.all(np.abs(drawn.mean(1) - p) < 5 * np.sqrt(p * (1 - p) / n)), drawn.mean(1)
+
+
 # ---------------------------------------------------------------------------- steps
 
 
@@ -346,6 +446,50 @@ def test_one_step_distribution_is_exact(step):
   freq = np.bincount(out[:, 0], minlength=V + 1) / n
   stderr = np.sqrt(expected * (1 - expected) / n) + 1e-12
   assert np.all(np.abs(freq - expected) < 5 * stderr), (freq, expected)
+
+
+def _nucleus_np(probs, p):
+  order = np.argsort(-probs)
+  k = np.searchsorted(np.cumsum(probs[order]), p - 1e-7) + 1  # smallest set with mass ≥ p
+  kept = np.zeros_like(probs)
+  kept[order[:k]] = probs[order[:k]]
+  return kept / kept.sum()
+
+
+def test_every_step_draws_what_the_earlier_gumbel_max_drew(monkeypatch):
+  """GenMD4-like per-token u over 40 tokens (5 blocks of 8), some of probability 1e-4: each
+  step's exact draws and the earlier ones (one fine Gumbel-max over every token and 'stay
+  masked', still taken by fine=False with a fine categorical) both make a masked position v
+  w.p. μ(v)·u(v) (μ's nucleus for 'topp'; for 'remdm' its own reveal chance for every v)."""
+  vocab, n, s, t = 40, 40_000, 0.4, 0.7
+  rng = np.random.default_rng(1)
+  probs = np.maximum(rng.dirichlet(np.full(vocab, 0.3)), 1e-4)
+  probs /= probs.sum()
+  u = rng.uniform(0.05, 0.6, vocab)
+  alpha_s, alpha_t = 1 - s, 1 - t
+  log_mu = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (n, 1, vocab))
+  z = jnp.full((n, 1), vocab)
+
+  def run_steps(fine):
+    ctx = steps.StepContext(vocab, unmask_prob=jnp.asarray(u, jnp.float32)[None, None],
+                            alpha_s=alpha_s, alpha_t=alpha_t, topp=0.8, fine=fine)
+    return jax.jit(lambda z, log_mu: {name: step(jax.random.key(2), z, log_mu, ctx)
+                                      for name, step in steps.STEPS.items()})(z, log_mu)
+
+  exact = run_steps(True)
+  monkeypatch.setattr(draws, 'categorical', lambda rng, logits, fine: jnp.argmax(
+      logits + draws.gumbel(rng, logits.shape, True), axis=-1))
+  earlier = run_steps(False)
+  reveal = (alpha_s - alpha_t) / (1 - alpha_t)
+  laws = {'ancestral': probs * u, 'mean': probs * u, 'topp': _nucleus_np(probs, 0.8) * u,
+          'remdm': probs * reveal}
+  assert set(laws) == set(steps.STEPS)
+  for name, law in laws.items():
+    expected = np.append(law, 1 - law.sum())  # tokens, then the mask
+    stderr = np.sqrt(expected * (1 - expected) / n) + 1e-12
+    for draw in (exact, earlier):
+      freq = np.bincount(np.asarray(draw[name])[:, 0], minlength=vocab + 1) / n
+      assert np.all(np.abs(freq - expected) < 5 * stderr), (name, freq, expected)
 
 
 def test_nucleus_matches_numpy():
@@ -407,7 +551,9 @@ def test_bad_options_are_errors():
                     ({'sampling_grid': 'log'}, 'unknown sampling grid'),
                     ({'topp': 0.0}, 'topp'), ({'temperature': 0.0}, 'temperature'),
                     ({'topk': -1}, 'topk'), ({'nfe': 3}, 'unknown key sampling.nfe'),
-                    ({'sampler': 'first_hitting', 'cache': True}, 'cache=False')):
+                    ({'sampler': 'first_hitting', 'cache': True}, 'cache=False'),
+                    ({'threshold': 0.0}, 'threshold'),
+                    ({'confidence_score': 'least'}, 'unknown confidence score')):
     with pytest.raises(ValueError, match=match):
       sampling.make_sampler(model, _config(**kw))
 
@@ -417,7 +563,8 @@ def test_bad_options_are_errors():
 
 @pytest.mark.parametrize('sampler,extra', [
     ('ancestral', {}), ('remdm', {'remdm_eta': 0.3}), ('first_hitting', {}),
-    ('confidence', {'block_size': 2}), ('ancestral', {'cache': True, 'block_size': 4})])
+    ('confidence', {'block_size': 2}), ('ancestral', {'cache': True, 'block_size': 4}),
+    ('threshold', {'block_size': 2, 'threshold': 0.5})])
 def test_chunked_sampling_gives_the_whole_chain_and_honours_stop(sampler, extra):
   """Sampler.sample, a few steps per call, gives what one compiled loop gives; a stop
   request before a call ends it with None."""

@@ -44,7 +44,9 @@ for shape in [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]:
   with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
     _, shardings, init_params = state_lib.abstract_state(model, opt, mesh, rules, batch[:1])
     state = state_lib.init_state(opt, init_params, shardings, jax.random.key(0))
-    grads_fn = jax.jit(functools.partial(train.compute_grads, model, num_microbatches=2),
+    grads_fn = jax.jit(functools.partial(train.compute_grads,
+                                         functools.partial(train.loss_fn, model, train=True),
+                                         num_microbatches=2),
                        out_shardings=(shardings.params, None))
     data = jax.device_put(batch, sharding.batch_sharding(mesh))
     grads, metrics = grads_fn(state.params, data, rng=jax.random.key(1))

@@ -1,5 +1,6 @@
 """The train loop: microbatching, EMA and schedules, resume, devices, the CLI."""
 
+import functools
 import json
 import os
 import pathlib
@@ -70,8 +71,9 @@ def test_microbatched_gradient_equals_full_batch_gradient():
   params = jax.tree.map(lambda p: p + 0.01, params)  # leave the zero init
   rng = jax.random.key(5)
   m = 4
+  loss = functools.partial(train.loss_fn, model, train=True)
   grads, metrics = jax.jit(train.compute_grads, static_argnums=(0, 4))(
-      model, params, batch, rng, m)
+      loss, params, batch, rng, m)
 
   # Independently: one gradient of the mean over all examples, microbatch i's losses
   # drawn with key fold_in(rng, i), exactly as the accumulation promises.

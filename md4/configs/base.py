@@ -122,7 +122,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How training runs, md4/sample.py and md4/evaluate.py draw samples (md4.sampling).
   config.sampling = ml_collections.ConfigDict()
-  # 'ancestral', 'topp', 'mean', 'first_hitting', 'confidence' or 'remdm' (md4.sampling.SAMPLERS)
+  # 'ancestral', 'topp', 'mean', 'first_hitting', 'confidence', 'threshold' or 'remdm'
+  # (md4.sampling.SAMPLERS)
   config.sampling.sampler = 'ancestral'
   # 'uniform' or 'cosine' spacing of t; for 'confidence', the fraction left masked per step
   config.sampling.sampling_grid = 'cosine'
@@ -133,9 +134,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.num_samples = 16  # samples written at each sampling step
   # Classifier-free guidance weight w for class-conditional models; 0: plain conditional.
   config.sampling.guidance_scale = 0.0
-  # Categorical draws with Gumbel noise resolved as finely as float64's (or finer), in
-  # float32 arithmetic: float32 noise never draws a token more than ~16 nats below the
-  # winner, which lowers the effective temperature (Zheng et al., 2024).
+  # Exact categorical draws, in float32 arithmetic with noise as fine as float64's, made in
+  # two levels (a block of ~√V tokens, then a token of it) so that they cost one pass over
+  # the logits, not a random number per token (md4.sampling.draws). False: Gumbel-max with
+  # float32 noise on every token, slower, and it never draws a token more than ~16 nats
+  # below the winner, which lowers the effective temperature (Zheng et al., 2024).
   config.sampling.float64_draws = True
   # Skip the network when no token changed since its last call (reverse-step samplers);
   # exact only for a network that ignores t (network.time_features='none').
@@ -146,8 +149,37 @@ def get_config() -> ml_collections.ConfigDict:
   # sampler='confidence': Gumbel noise of this scale on the confidences, annealed to 0
   # (MaskGIT's choice temperature); 0: LLaDA's plain low-confidence remasking.
   config.sampling.confidence_noise = 0.0
+  # samplers 'confidence' and 'threshold': a position's confidence, 'max' (its most likely
+  # token's probability) or 'drawn' (the drawn token's, LLaDA's: biased towards likely
+  # tokens, it collapses unconditional text); md4.sampling.samplers.CONFIDENCES.
+  config.sampling.confidence_score = 'max'
+  # sampler='threshold' (Fast-dLLM): each call reveals every masked position at least this
+  # confident, and at least one; NFE then depends on the data.
+  config.sampling.threshold = 0.9
   # sampler='remdm': η of ReMDM-cap, the most a revealed token is remasked per step.
   config.sampling.remdm_eta = 0.02
+
+  # Self-distillation through time (md4.distill; SDTT, Deschenaux & Gulcehre, 2024): with
+  # teacher_workdir set, the run is a student that starts from that run's EMA parameters and
+  # learns to take in one reverse step what its teacher takes in two, on the time grid
+  # sampling.sampling_grid. Round r (of `rounds`, each `steps_per_round` train steps)
+  # distils a teacher of teacher_steps / 2^r steps into a student of half as many; from
+  # round 2 on the teacher is the student as the round begins. The last student samples
+  # with teacher_steps / 2^rounds steps (set sampling.timesteps to that).
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher_workdir = ''  # '' : an ordinary training run
+  config.distill.teacher_steps = 256
+  config.distill.rounds = 4
+  config.distill.substeps = 2  # teacher steps per student step: each round divides by this
+  config.distill.steps_per_round = 1000
+  # How the student's μ is compared with the target at each masked position: a key of
+  # md4.distill.DIVERGENCES ('kl_reverse': KL(student || target), SDTT's best; 'kl_forward',
+  # 'tvd', 'mse' of log-probabilities).
+  config.distill.divergence = 'kl_reverse'
+  # The target: 'sdtt' (the teacher's μ at the step that revealed the position, or at its
+  # second step) or 'two_step' (an unbiased estimate of the teacher's two-step distribution;
+  # with 'kl_forward' only). See md4.distill.TARGETS.
+  config.distill.target = 'sdtt'
 
   config.batch_size = 512  # global batch, over all devices and hosts
   config.num_microbatches = 1  # gradient accumulation: batch_size / this per pass

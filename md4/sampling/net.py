@@ -74,6 +74,15 @@ class Net:
     u = self.model.apply(self.variables, s, t, method=self.model.unmask_prob)
     return jnp.where(last, 1.0, u)
 
+  def time_of_masks(self, z):
+    """t [B] at which the forward process leaves as many masks as z [B, *S] holds: the t
+    with 1 − α(t) = m/N for m of N positions masked (one schedule for every token), else
+    m/N (the linear schedule's). For samplers that reveal by count, not by time."""
+    flat = z.reshape(z.shape[0], -1)
+    masked = jnp.mean(flat == self.mask_id, axis=1)  # [B]
+    schedule = getattr(self.model, 'schedule', None)
+    return masked if schedule is None else schedule.time_of_alpha(1.0 - masked)
+
   @property
   def schedule(self):
     """The model's one masking schedule for every token (MD4 only)."""

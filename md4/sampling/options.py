@@ -30,6 +30,10 @@ class Options:
   cache: bool = False  # skip the network when no token changed since its last call
   block_size: int = 0  # semi-autoregressive blocks of this many positions; 0: none
   confidence_noise: float = 0.0  # sampler 'confidence': annealed Gumbel on confidences
+  # samplers 'confidence', 'threshold': how a position's confidence is scored, a key of
+  # md4.sampling.samplers.CONFIDENCES
+  confidence_score: str = 'max'
+  threshold: float = 0.9  # sampler 'threshold': reveal every position this confident
   remdm_eta: float = 0.02  # sampler 'remdm': η of ReMDM-cap
 
   @classmethod
@@ -53,6 +57,9 @@ class Options:
     if self.sampling_grid not in samplers.GRIDS:
       raise ValueError(f'unknown sampling grid {self.sampling_grid!r}; choose from'
                        f' {sorted(samplers.GRIDS)}')
+    if self.confidence_score not in samplers.CONFIDENCES:
+      raise ValueError(f'unknown confidence score {self.confidence_score!r}; choose from'
+                       f' {sorted(samplers.CONFIDENCES)}')
     checks = (
         (0.0 < self.topp <= 1.0, f'sampling.topp must be in (0, 1], got {self.topp}'),
         (self.timesteps >= 1, f'sampling.timesteps must be >= 1, got {self.timesteps}'),
@@ -64,6 +71,8 @@ class Options:
          f' {self.block_size}'),
         (self.confidence_noise >= 0,
          f'sampling.confidence_noise must be >= 0, got {self.confidence_noise}'),
+        (0.0 < self.threshold <= 1.0,
+         f'sampling.threshold must be in (0, 1], got {self.threshold}'),
         (0.0 <= self.remdm_eta <= 1.0, 'sampling.remdm_eta must be in [0, 1], got'
          f' {self.remdm_eta}'),
         (not self.cache or self.sampler in samplers.STEP_SAMPLERS,

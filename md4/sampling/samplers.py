@@ -148,40 +148,103 @@ def first_hitting(net, rng, z, todo, options) -> Chain:
                lambda state: ~jnp.any(remaining(state['z'])))
 
 
+# How parallel decoding ranks a masked position, higher first: (log μθ [B, *S, V], the token
+# x̂ [B, *S] drawn there from μθ) -> a log-probability [B, *S].
+CONFIDENCES: dict[str, Callable] = {
+    # log max_v μθ(v): how sure the network is of the position, whatever was drawn there.
+    'max': lambda log_mu, x_hat: jnp.max(log_mu, axis=-1),
+    # log μθ(x̂) (LLaDA's, MaskGIT's): favours positions whose draw came out likely, which
+    # biases the revealed tokens towards frequent ones (see `confidence`).
+    'drawn': lambda log_mu, x_hat: jnp.take_along_axis(log_mu, x_hat[..., None],
+                                                       axis=-1)[..., 0],
+}
+
+
+def rank_within(score, left, rng):
+  """Rank [B, *S] of each `left` position by score within its example (0: the highest),
+  ties in random order; positions not left rank after all left ones."""
+  batch = score.shape[0]
+  score = jnp.where(left, score, -jnp.inf).reshape(batch, -1)
+  tie = jax.random.uniform(rng, score.shape)
+  order = jnp.lexsort((tie, -score), axis=1)  # [B, N]: positions, best first
+  return jnp.argsort(order, axis=1).reshape(left.shape)
+
+
+def decoding_call(net, rng, z, options):
+  """One network call of parallel decoding: (x̂ [B, *S] drawn from μθ, its confidence
+  [B, *S] by options.confidence_score) with μθ at the time of z's masks (`Net.time_of_masks`),
+  so that the network sees the noise level its input has, as in training."""
+  log_mu = net.log_mu(z, net.time_of_masks(z))
+  x_hat = draws.categorical(rng, log_mu, net.fine)
+  return x_hat, CONFIDENCES[options.confidence_score](log_mu, x_hat)
+
+
 def confidence(net, rng, z, todo, options) -> Chain:
   """Confidence-based parallel decoding (MaskGIT: Chang et al., 2022; LLaDA's low-confidence
   remasking: Nie et al., 2025).
 
-  Step i of T draws x̂ ~ μθ at every masked position and reveals the k_i whose x̂ is most
-  likely (log μθ(x̂), plus confidence_noise·(1 − (i+1)/T)·Gumbel as MaskGIT's annealed
-  choice temperature); the rest stay masked. k_i follows the time grid: after step i a
-  fraction s_i = grid((T − i − 1)/T) of the example's M masks is left, ⌊M·s_i⌋ (MaskGIT's
-  cosine schedule with the cosine grid, LLaDA's equal counts with the uniform one).
-  A heuristic: not the model's distribution.
+  Step i of T draws x̂ ~ μθ at every masked position and reveals the k_i most confident
+  (`CONFIDENCES[options.confidence_score]`, plus confidence_noise·(1 − (i+1)/T)·Gumbel as
+  MaskGIT's annealed choice temperature; ties at random); the rest stay masked. k_i follows
+  the time grid: after step i a fraction s_i = grid((T − i − 1)/T) of the example's M masks
+  is left, ⌊M·s_i⌋ (MaskGIT's cosine schedule with the cosine grid, LLaDA's equal counts
+  with the uniform one).
+
+  Ranking by the drawn token's probability ('drawn', LLaDA's and MaskGIT's with sampling)
+  makes which positions are revealed depend on what was drawn there: likely tokens (spaces)
+  are revealed first, the context fills with them and the network predicts more, and
+  unconditional text collapses into repetitions. Ranked by the position's certainty
+  ('max'), each revealed token is an unbiased draw from μθ at its position; revealing
+  several at once is still a heuristic, not the model's distribution.
   """
   batch = z.shape[0]
   masks_at_start = count_per_example(todo & (z == net.mask_id))  # [B]
 
   def step(state):
     i, z = state['i'], state['z']
-    t, s, last = time_grid(options, i)
-    rng_x, rng_noise = jax.random.split(jax.random.fold_in(rng, i))
+    _, s, last = time_grid(options, i)
+    rng_x, rng_noise, rng_tie = jax.random.split(jax.random.fold_in(rng, i), 3)
     left = todo & (z == net.mask_id)
-    log_mu = net.log_mu(z, jnp.full((batch,), t))
-    x_hat = draws.categorical(rng_x, log_mu, net.fine)
-    score = jnp.take_along_axis(log_mu, x_hat[..., None], axis=-1)[..., 0]
+    x_hat, score = decoding_call(net, rng_x, z, options)
     if options.confidence_noise:
       score += (options.confidence_noise * (1.0 - (i + 1) / options.timesteps)
                 * draws.gumbel(rng_noise, score.shape, False))
-    score = jnp.where(left, score, -jnp.inf).reshape(batch, -1)
     keep = jnp.where(last, 0, jnp.floor(masks_at_start * s)).astype(jnp.int32)
     k = count_per_example(left) - keep  # [B]
-    rank = jnp.argsort(jnp.argsort(-score, axis=1), axis=1).reshape(z.shape)
+    rank = rank_within(score, left, rng_tie)
     revealed = left & (rank < k.reshape((-1,) + (1,) * (z.ndim - 1)))
     return {'i': i + 1, 'z': jnp.where(revealed, x_hat, z),
             'nfe': state['nfe'] + jnp.any(left.reshape(batch, -1), axis=1)}
 
   return Chain(lambda: _start(z), step, _fixed_steps(options))
+
+
+def threshold(net, rng, z, todo, options) -> Chain:
+  """Threshold parallel decoding (Fast-dLLM: Wu et al., 2025, arXiv:2505.22618, Sec. 3.3).
+
+  Each network call draws x̂ ~ μθ at every masked position and reveals every one whose
+  confidence (`CONFIDENCES[options.confidence_score]`, as a probability) reaches
+  τ = options.threshold, and always the most confident one (ties at random), so a call
+  reveals at least one token and an example with m masks needs at most m calls; the
+  chain ends when no mask is left. NFE is data-dependent: few calls where the network
+  is sure of many positions at once. Positions whose confidence passes τ are nearly
+  determined, so drawing them together costs little against drawing them one by one
+  (Fast-dLLM's Theorem 1); a heuristic nonetheless.
+  """
+  batch = z.shape[0]
+  remaining = lambda z: todo & (z == net.mask_id)
+  log_tau = jnp.log(options.threshold)
+
+  def step(state):
+    i, z = state['i'], state['z']
+    rng_x, rng_tie = jax.random.split(jax.random.fold_in(rng, i))
+    left = remaining(z)
+    x_hat, score = decoding_call(net, rng_x, z, options)
+    revealed = left & ((score >= log_tau) | (rank_within(score, left, rng_tie) == 0))
+    return {'i': i + 1, 'z': jnp.where(revealed, x_hat, z),
+            'nfe': state['nfe'] + jnp.any(left.reshape(batch, -1), axis=1)}
+
+  return Chain(lambda: _start(z), step, lambda state: ~jnp.any(remaining(state['z'])))
 
 
 def autoregressive(net, rng, z, todo, options) -> Chain:
@@ -262,6 +325,7 @@ SAMPLERS: dict[str, Callable[..., Chain]] = {
     **{name: reverse_steps(name) for name in steps_lib.STEPS},
     'first_hitting': first_hitting,
     'confidence': confidence,
+    'threshold': threshold,
 }
 # Samplers made of the reverse steps of md4.sampling.steps.STEPS (the ones that can cache).
 STEP_SAMPLERS = tuple(steps_lib.STEPS)

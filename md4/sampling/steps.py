@@ -31,18 +31,40 @@ class StepContext(NamedTuple):
 def reveal(rng, z, log_mu, unmask_prob, mask_id, todo, fine):
   """A masked position of `todo` becomes v w.p. μ(v)·u(v), stays masked otherwise.
 
+  fine: whether a position is revealed is drawn first, w.p. Σ_v μ(v)·u(v) (u itself when
+  one u serves every v), then its token from μ·u normalised (`draws.categorical`'s exact
+  draw), so no categorical over V + 1 options is built. Not fine: one float32 Gumbel-max
+  over the V tokens and 'stay masked' (the earlier draw, kept bit for bit).
   z [B, *S]; log_mu [B, *S, V] (normalised); unmask_prob u broadcastable to log_mu.
   """
   u = unmask_prob
   log_mu = jnp.broadcast_to(log_mu, z.shape + log_mu.shape[-1:])
+  draw = (_reveal_first if fine else _reveal_gumbel)(rng, log_mu, u)  # [B, *S]
+  return jnp.where((z == mask_id) & todo & (draw < log_mu.shape[-1]), draw, z)
+
+
+def _reveal_first(rng, log_mu, u):
+  """Token drawn from μ·u where a Bernoulli of mass Σ μ·u reveals, V elsewhere."""
+  rng_reveal, rng_token = jax.random.split(rng)
+  if u.shape[-1] == 1:  # one u for every v: P(reveal) = u, the token ~ μ
+    p_reveal, log_tokens = jnp.broadcast_to(u[..., 0], log_mu.shape[:-1]), log_mu
+  else:
+    log_tokens = log_mu + jnp.log(u)  # [B, *S, V]
+    p_reveal = jnp.sum(jnp.exp(log_tokens), axis=-1)
+  revealed = draws.bernoulli(rng_reveal, p_reveal, log_mu.shape[:-1], True)
+  token = draws.categorical(rng_token, log_tokens, True)
+  return jnp.where(revealed, token, log_mu.shape[-1])
+
+
+def _reveal_gumbel(rng, log_mu, u):
+  """One float32 Gumbel-max over [log μ + log u, log P(stay)]: the token, or V to stay."""
   log_tokens = log_mu + jnp.log(u)  # [B, *S, V]
   if u.shape[-1] == 1:  # one u for every v: P(stay masked) = 1 − u
     log_stay = jnp.broadcast_to(jnp.log1p(-u), log_mu.shape[:-1] + (1,))
   else:
     stay = 1.0 - jnp.sum(jnp.exp(log_tokens), axis=-1, keepdims=True)
     log_stay = jnp.log(jnp.clip(stay, 0.0, 1.0))
-  draw = draws.categorical(rng, jnp.concatenate([log_tokens, log_stay], axis=-1), fine)
-  return jnp.where((z == mask_id) & todo & (draw < log_mu.shape[-1]), draw, z)
+  return draws.categorical(rng, jnp.concatenate([log_tokens, log_stay], axis=-1), False)
 
 
 def ancestral_step(rng, z, log_mu, ctx: StepContext):
@@ -62,7 +84,7 @@ def mean_step(rng, z, log_mu, ctx: StepContext):
   x_hat = draws.categorical(rng_x, log_mu, ctx.fine)  # [B, *S]
   u = jnp.broadcast_to(ctx.unmask_prob, log_mu.shape)
   u_x = jnp.take_along_axis(u, x_hat[..., None], axis=-1)[..., 0]
-  revealed = jax.random.bernoulli(rng_reveal, u_x)
+  revealed = draws.bernoulli(rng_reveal, u_x, u_x.shape, ctx.fine)
   return jnp.where((z == ctx.mask_id) & ctx.todo & revealed, x_hat, z)
 
 
@@ -79,8 +101,8 @@ def remdm_step(rng, z, log_mu, ctx: StepContext):
   p_reveal = jnp.clip((alpha_s - (1.0 - sigma) * alpha_t) / (1.0 - alpha_t), 0.0, 1.0)
   z_s = reveal(rng, z, log_mu, jnp.full((1,) * log_mu.ndim, p_reveal), ctx.mask_id,
                ctx.todo, ctx.fine)
-  remask = ctx.todo & (z != ctx.mask_id) & jax.random.bernoulli(
-      jax.random.fold_in(rng, 1), sigma, z.shape)
+  remask = ctx.todo & (z != ctx.mask_id) & draws.bernoulli(
+      jax.random.fold_in(rng, 1), sigma, z.shape, ctx.fine)
   return jnp.where(remask, ctx.mask_id, z_s)
 
 
