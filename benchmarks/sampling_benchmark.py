@@ -82,7 +82,7 @@ VARIANTS = {
     # Threshold decoding (Fast-dLLM): τ sets the NFE, which the row measures.
     **{f'threshold_{tau}': Variant('threshold', lambda L, tau=tau: {'threshold': tau},
                                    steps=None, budgets=lambda L, s: (L,))
-       for tau in (0.5, 0.7, 0.9)},
+       for tau in (0.1, 0.3, 0.5, 0.7, 0.9)},
     # ... inside four semi-autoregressive blocks.
     'threshold_0.9_blocks_4': Variant(
         'threshold', lambda L: {'threshold': 0.9, 'block_size': L // 4}, steps=None,
@@ -118,8 +118,8 @@ _REFERENCE = flags.DEFINE_string('reference_split', 'valid', 'Held-out windows t
 _ALSO = flags.DEFINE_list('also', [], 'Other workdirs whose rows in --results (same judge,'
                           ' latest step) join the table and the plot, their variants named'
                           ' "WORKDIR: VARIANT": e.g. a run distilled from --workdir.')
-_PRINT_ONLY = flags.DEFINE_bool('print_only', False, 'Print and plot --results; sample'
-                                ' nothing.')
+_PRINT_ONLY = flags.DEFINE_bool('print_only', False, 'Print and plot --results (the rows of'
+                                ' --variants); sample nothing.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -402,7 +402,8 @@ def main(argv):
       raise app.UsageError(str(e)) from None
   all_rows = rows = read_rows(_RESULTS.value)
   if _PRINT_ONLY.value:
-    rows = selected(rows, _WORKDIR.value, _JUDGE.value)
+    rows = [r for r in selected(rows, _WORKDIR.value, _JUDGE.value)
+            if reference(r) or r['variant'].split()[0] in _VARIANTS.value]
     title = (f'{_WORKDIR.value} (step {rows[-1].get("step")}), judge {rows[-1]["judge"]};'
              f' {rows[-1]["samples"]} samples per point' if rows else '')
   else:
