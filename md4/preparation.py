@@ -133,13 +133,7 @@ def hub_documents(hf_path: str, hf_config: str) -> Iterator[str]:
   """Documents of a Hugging Face dataset's train split, streamed; fails at once offline."""
   local_hint = (f'or pass --source=PATH (a folder of .txt files, a JSONL file with a "text"'
                 f' field, or a `save_to_disk` copy of {hf_path})')
-  try:
-    import datasets  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f'streaming {hf_path} needs `pip install datasets`, {local_hint}') from e
-  if not tokenizer.hub_reachable():
-    raise ConnectionError(f'the Hugging Face hub is not reachable (or HF_HUB_OFFLINE is'
-                          f' set), so {hf_path} cannot be streamed; connect, {local_hint}')
+  datasets = tokenizer.hub_datasets(f'streaming {hf_path}', local_hint)
   dataset = datasets.load_dataset(hf_path, hf_config, split='train', streaming=True)
   for batch in dataset.iter(batch_size=1000):
     yield from batch['text']

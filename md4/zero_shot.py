@@ -266,13 +266,7 @@ def hub_records(recipe: Recipe, split: str, name: str) -> Iterator[str]:
   what to download instead."""
   hint = (f'or download {recipe.fetch} and pass --source=PATH (or --source_dir=DIR holding'
           f' {name}/ or {name}.<ext>)')
-  try:
-    import datasets  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f'downloading {name} needs `pip install datasets==5.2.0`, {hint}') from e
-  if not tokenizer.hub_reachable():
-    raise ConnectionError(f'the Hugging Face hub is not reachable (or HF_HUB_OFFLINE is'
-                          f' set), so {name} cannot be downloaded; connect, {hint}')
+  datasets = tokenizer.hub_datasets(f'downloading {name}', hint)
   dataset = datasets.load_dataset(recipe.hf_path, recipe.hf_config, split=split)
   for batch in dataset.iter(batch_size=GROUP_DOCUMENTS):
     yield from batch[recipe.field]

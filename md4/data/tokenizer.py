@@ -36,6 +36,20 @@ def hub_reachable(timeout=2.0) -> bool:
     return False
 
 
+def hub_datasets(what: str, hint: str):
+  """The `datasets` library, to read `what` from the Hugging Face hub; ImportError if it is
+  missing, ConnectionError at once if the hub is unreachable, each ending with `hint` (what
+  to do instead)."""
+  try:
+    import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f'{what} needs `pip install datasets==5.2.0`, {hint}') from e
+  if not hub_reachable():
+    raise ConnectionError(f'the Hugging Face hub is not reachable (or HF_HUB_OFFLINE is'
+                          f' set) for {what}; connect, {hint}')
+  return datasets
+
+
 def _hub_files(local_only: bool) -> tuple[str, str] | None:
   """vocab.json and merges.txt from the hub cache, or downloaded; None if unavailable."""
   try:
