@@ -107,13 +107,17 @@ def load(spec: str) -> Judge:
 
 def score(judge: Judge, texts: list[str], batch_size: int = 16):
   """(NLL in nats [N], tokens [N]) of each text under the judge."""
+  return score_ids(judge, [judge.encode(t) for t in texts], batch_size)
+
+
+def score_ids(judge: Judge, encoded: list, batch_size: int = 16):
+  """`score` of texts already encoded by judge.encode."""
   chunks, owners = [], []
-  for i, t in enumerate(texts):
-    ids = judge.encode(t)
+  for i, ids in enumerate(encoded):
     for start in range(0, len(ids), judge.window):
       chunks.append(ids[start:start + judge.window])
       owners.append(i)
-  nll, tokens = np.zeros(len(texts)), np.zeros(len(texts), np.int64)
+  nll, tokens = np.zeros(len(encoded)), np.zeros(len(encoded), np.int64)
   for b in range(0, len(chunks), batch_size):
     batch = chunks[b:b + batch_size]
     ids = np.zeros((batch_size, judge.window), np.int32)  # padded to one shape
@@ -139,9 +143,9 @@ def quality(judge: Judge, texts: list[str], batch_size: int = 16) -> dict[str, f
   """Generative perplexity (with the standard error of its log over samples), unigram
   entropy (mean over samples and its standard error), token counts, and a known
   source's metrics (md4.markov.Chain.metrics)."""
-  nll, tokens = score(judge, texts, batch_size)
-  per_sample = nll / np.maximum(tokens, 1)  # nats per token of each sample
   ids = [judge.encode(t) for t in texts]
+  nll, tokens = score_ids(judge, ids, batch_size)
+  per_sample = nll / np.maximum(tokens, 1)  # nats per token of each sample
   entropy = np.array([unigram_entropy(i) for i in ids])
   n = len(texts)
   sd = lambda a: float(a.std(ddof=1) / math.sqrt(n)) if n > 1 else float('nan')
